@@ -1,0 +1,346 @@
+"""Recipes: strict, typed descriptions of a run (cluster, roles, model, algorithm, environments...).
+
+``load_recipe(path)`` is the only way in. Every error it raises is one line naming the file, the YAML path
+of the bad field (``roles.inference.nodes``), its line when known, and the fix. This module must not import
+torch: the CLI loads recipes at start.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from intellect.errors import RecipeError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthPolicy(Strict):
+    gate: bool = Field(True, description="Exclude nodes whose health verdict is bad or unknown at launch.")
+    prometheus_url: str | None = Field(
+        None, description="Prometheus to query for verdicts; --prometheus / INTELLECT_PROMETHEUS_URL win."
+    )
+
+
+class Cluster(Strict):
+    partition: str | None = Field(None, description="Slurm partition (sbatch --partition).")
+    account: str | None = Field(None, description="Slurm account (sbatch --account).")
+    qos: str | None = Field(None, description="Slurm QOS (sbatch --qos).")
+    time: str = Field("01:00:00", description="Wall-clock limit, Slurm format [D-]HH:MM:SS.")
+    nodes: int = Field(..., ge=1, description="Total nodes in the allocation; the roles split them.")
+    gpus_per_node: int = Field(8, ge=0, le=16, description="GPUs per node; 0 for a CPU-only run.")
+    cpus_per_node: int | None = Field(None, ge=1, description="CPUs to ask per node (--cpus-per-task).")
+    mem: str | None = Field(None, description="Memory per node (sbatch --mem), e.g. '1800G'; 0 = all.")
+    exclusive: bool = Field(True, description="Ask for whole nodes (sbatch --exclusive).")
+    exclude: list[str] = Field(default_factory=list, description="Nodes never to use (hostlists allowed).")
+    health: HealthPolicy = Field(default_factory=HealthPolicy, description="Health gate policy.")
+
+    @model_validator(mode="after")
+    def _time_format(self) -> Cluster:
+        _parse_slurm_time(self.time)
+        return self
+
+
+class TrainerRole(Strict):
+    nodes: int = Field(..., ge=1, description="Nodes running the trainer (FSDP2 across all their GPUs).")
+    port: int = Field(29500, ge=1024, le=65535, description="torch.distributed rendezvous port (MASTER_PORT).")
+    metrics_port: int = Field(9401, ge=1024, le=65535, description="Prometheus /metrics port of the trainer.")
+
+
+class InferenceRole(Strict):
+    nodes: int = Field(..., ge=1, description="Nodes running inference servers (one server per node).")
+    backend: Literal["vllm", "embedded"] = Field(
+        "vllm", description="'vllm' on GPU nodes; 'embedded' is the CPU server with the same HTTP API."
+    )
+    tensor_parallel: int = Field(1, ge=1, description="GPUs per model replica (vLLM --tensor-parallel-size).")
+    data_parallel: int = Field(1, ge=1, description="Model replicas per node (vLLM --data-parallel-size).")
+    port: int = Field(8000, ge=1024, le=65535, description="HTTP port of the inference server.")
+    max_batch: int = Field(64, ge=1, description="Most sequences decoded together (continuous batching).")
+
+
+class OrchestratorRole(Strict):
+    placement: Literal["trainer", "inference"] = Field(
+        "trainer", description="Which role's first node also runs the orchestrator."
+    )
+    metrics_port: int = Field(9400, ge=1024, le=65535, description="Prometheus /metrics port.")
+
+
+class Roles(Strict):
+    trainer: TrainerRole = Field(..., description="Trainer nodes.")
+    inference: InferenceRole = Field(..., description="Inference nodes.")
+    orchestrator: OrchestratorRole = Field(default_factory=OrchestratorRole, description="Orchestrator.")
+
+
+class TinyModel(Strict):
+    hidden_size: int = Field(128, ge=8, description="Hidden size of the tiny Llama built from config.")
+    intermediate_size: int = Field(384, ge=8, description="MLP size.")
+    num_hidden_layers: int = Field(4, ge=1, description="Decoder layers.")
+    num_attention_heads: int = Field(4, ge=1, description="Attention heads.")
+
+
+class Model(Strict):
+    name: str = Field(..., description="HF model id or path; 'tiny-char-llama' builds a tiny model offline.")
+    tiny: TinyModel | None = Field(None, description="Shape of the offline tiny model (CPU runs).")
+    max_seq_len: int = Field(..., ge=16, description="Longest sequence (prompt + completion) in tokens.")
+    max_new_tokens: int = Field(..., ge=1, description="Most tokens generated per turn.")
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Training and serving dtype.")
+    seed: int = Field(0, description="Seed for weights built from config and for sampling.")
+
+
+class Masks(Strict):
+    low: float = Field(0.5, gt=0, description="Tokens with importance ratio below this carry no gradient.")
+    high: float = Field(5.0, gt=0, description="Tokens with importance ratio above this carry no gradient.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Masks:
+        if self.low >= 1.0 or self.high <= 1.0:
+            raise ValueError(f"need low < 1 < high (got low={self.low}, high={self.high})")
+        return self
+
+
+class Difficulty(Strict):
+    easy_above: float = Field(0.9, ge=0, le=1, description="Solve rate above which a task is 'easy'.")
+    hard_below: float = Field(0.1, ge=0, le=1, description="Solve rate below which a task is 'hard'.")
+    easy_fraction: float = Field(0.1, ge=0, le=1, description="Share of prompts drawn from the easy pool.")
+    hard_fraction: float = Field(0.1, ge=0, le=1, description="Share of prompts drawn from the hard pool.")
+
+
+class Pretrain(Strict):
+    steps: int = Field(0, ge=0, description="Supervised warm-up steps before RL (tiny CPU models).")
+    learning_rate: float = Field(3e-3, gt=0, description="Warm-up learning rate.")
+    batch_size: int = Field(64, ge=1, description="Warm-up batch size.")
+
+
+class Algorithm(Strict):
+    steps: int = Field(..., ge=1, description="RL trainer steps.")
+    batch_size: int = Field(..., ge=1, description="Rollouts per trainer step (prompts x rollouts per prompt).")
+    rollouts_per_prompt: int = Field(..., ge=1, description="Group size for group-normalised advantages.")
+    max_async_level: int = Field(1, ge=0, description="Inference may run at most this many steps ahead.")
+    max_off_policy_steps: int = Field(8, ge=0, description="Rollouts older than this are dropped, rescheduled.")
+    learning_rate: float = Field(..., gt=0, description="AdamW learning rate.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
+    masks: Masks = Field(default_factory=Masks, description="Importance-ratio masks on both sides.")
+    difficulty: Difficulty = Field(default_factory=Difficulty, description="Online difficulty filter.")
+    pretrain: Pretrain = Field(default_factory=Pretrain, description="Supervised warm-up before RL.")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.rollouts_per_prompt
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> Algorithm:
+        if self.batch_size % self.rollouts_per_prompt:
+            raise ValueError(
+                f"batch_size {self.batch_size} must divide by rollouts_per_prompt {self.rollouts_per_prompt}"
+            )
+        if self.max_off_policy_steps < self.max_async_level:
+            raise ValueError(
+                f"max_off_policy_steps {self.max_off_policy_steps} must be ≥ max_async_level "
+                f"{self.max_async_level}, or every rollout would be dropped"
+            )
+        return self
+
+
+class EnvSpec(Strict):
+    name: str = Field(..., description="Environment id, e.g. 'reverse-text', 'math', 'calculator'.")
+    weight: float = Field(1.0, gt=0, description="Relative share of prompts drawn from this environment.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the environment.")
+
+
+class Evals(Strict):
+    every: int = Field(0, ge=0, description="Evaluate every N trainer steps (0 = only before and after).")
+    environments: list[EnvSpec] = Field(default_factory=list, description="Held-out eval environments.")
+    samples: int = Field(64, ge=1, description="Held-out prompts per eval (greedy).")
+
+
+class Checkpoints(Strict):
+    every: int = Field(10, ge=1, description="Checkpoint every N trainer steps.")
+    keep: int = Field(2, ge=1, description="Complete checkpoints to keep.")
+
+
+class Recipe(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name; the Slurm job name.")
+    cluster: Cluster = Field(..., description="The allocation.")
+    roles: Roles = Field(..., description="How the allocation splits into roles.")
+    model: Model = Field(..., description="The policy model.")
+    algorithm: Algorithm = Field(..., description="The RL algorithm.")
+    environments: list[EnvSpec] = Field(..., min_length=1, description="Training environments with weights.")
+    evals: Evals = Field(default_factory=Evals, description="Online evals.")
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints, description="Checkpointing.")
+    run_dir: str = Field(..., description="Run directory on shared storage (Lustre in production).")
+
+    @model_validator(mode="after")
+    def _split(self) -> Recipe:
+        roles, cluster = self.roles, self.cluster
+        used = roles.trainer.nodes + roles.inference.nodes
+        if used != cluster.nodes:
+            raise _CrossFieldError(
+                "roles",
+                f"trainer.nodes + inference.nodes = {used} but cluster.nodes = {cluster.nodes}; "
+                "make them add up",
+            )
+        inf = roles.inference
+        gpus = inf.tensor_parallel * inf.data_parallel
+        if cluster.gpus_per_node == 0:
+            if inf.backend == "vllm":
+                raise _CrossFieldError(
+                    "roles.inference.backend", "vllm needs GPUs but cluster.gpus_per_node is 0; use 'embedded'"
+                )
+        elif gpus > cluster.gpus_per_node:
+            raise _CrossFieldError(
+                "roles.inference",
+                f"tensor_parallel x data_parallel = {gpus} does not fit cluster.gpus_per_node = "
+                f"{cluster.gpus_per_node}",
+            )
+        if self.model.max_new_tokens >= self.model.max_seq_len:
+            raise _CrossFieldError("model.max_new_tokens", "must be smaller than model.max_seq_len")
+        return self
+
+
+class _CrossFieldError(ValueError):
+    """A cross-field check that knows which path to blame."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _parse_slurm_time(value: str) -> int:
+    """Minutes in a Slurm time string: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    days = 0
+    rest = value
+    if "-" in value:
+        d, rest = value.split("-", 1)
+        if not d.isdigit():
+            raise ValueError(f"time {value!r} is not Slurm time ([D-]HH:MM:SS)")
+        days = int(d)
+    parts = rest.split(":")
+    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+        raise ValueError(f"time {value!r} is not Slurm time ([D-]HH:MM:SS)")
+    nums = [int(p) for p in parts]
+    if "-" in value:
+        hours, minutes, seconds = (nums + [0, 0])[:3]
+    elif len(nums) == 3:
+        hours, minutes, seconds = nums
+    else:
+        hours, (minutes, seconds) = 0, (nums + [0])[:2]
+    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def time_minutes(recipe: Recipe) -> int:
+    return _parse_slurm_time(recipe.cluster.time)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load and validate a recipe; raise RecipeError with one line naming file, field and fix."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise RecipeError(f"{path}: no such recipe file", hint="ls recipes/") from exc
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: YAML syntax error: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: YAML error: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
+    if overrides:
+        data = {**data, **overrides}
+    return validate_recipe(data, source=str(path), root=root)
+
+
+def validate_recipe(data: dict[str, Any], source: str = "<recipe>", root: yaml.Node | None = None) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_describe(exc, source, root)) from exc
+
+
+def _describe(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
+    err = exc.errors()[0]
+    loc = [p for p in err["loc"] if p not in ("function-after",)]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _CrossFieldError):
+        dotted, msg = ctx_error.path, str(ctx_error)
+        loc = dotted.split(".")
+    else:
+        dotted = _dotted(loc)
+        msg = _message(err, loc)
+    line = _line_of(root, loc)
+    where = f"{source}:{line}" if line else source
+    more = len(exc.errors()) - 1
+    tail = f" (+{more} more)" if more > 0 else ""
+    return f"{where}: {dotted or '<root>'}: {msg}{tail}"
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(err: Any, loc: list[Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        fields = list(_model_at(loc[:-1]).model_fields)
+        guess = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+        hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(fields)}"
+        return f"unknown key; {hint}"
+    if kind == "missing":
+        return "missing; add it (see recipes/debug-cpu.yaml for an example)"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sign = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {sign} {bound} (got {err['input']!r})"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg'].lower()} (got {err['input']!r})"
+
+
+def _model_at(loc: list[Any]) -> type[BaseModel]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        ann = model.model_fields[part].annotation
+        for cand in getattr(ann, "__args__", None) or (ann,):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+    return model
+
+
+def _line_of(root: yaml.Node | None, loc: list[Any]) -> int | None:
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next(((k, v) for k, v in node.value if k.value == part), None)
+            if nxt is None:
+                return node.start_mark.line + 1
+            if part == loc[-1]:
+                return nxt[0].start_mark.line + 1
+            node = nxt[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+    return node.start_mark.line + 1 if node is not None and node is not root else None

@@ -1,0 +1,142 @@
+"""The policy model shared by the trainer and the embedded inference server.
+
+Both sides go through ``forward_logprobs`` so that, for the same weights, they compute the same per-token
+logprobs (positions come from the attention mask, so left and right padding agree).
+
+On the CPU path the model is a tiny Llama built from config with a character tokenizer: no download.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from intellect.recipe import Model as ModelConfig
+
+STABLE = "STABLE"
+WEIGHTS_FILE = "model.safetensors"
+TINY_NAME = "tiny-char-llama"
+
+
+class CharTokenizer:
+    """One token per character. Ids 0-2 are pad, bos, eos."""
+
+    pad_token_id = 0
+    bos_token_id = 1
+    eos_token_id = 2
+    specials = ("<pad>", "<bos>", "<eos>")
+    chars = string.digits + string.ascii_letters + " +-*/=()[]{}<>.,:;!?'\"_#|\\^%$&@~`\n"
+
+    def __init__(self) -> None:
+        self.vocab = list(self.specials) + list(self.chars)
+        self._ids = {c: i for i, c in enumerate(self.vocab)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str, bos: bool = False) -> list[int]:
+        unknown = sorted({c for c in text if c not in self._ids})
+        if unknown:
+            raise ValueError(f"characters not in the tiny tokenizer: {unknown!r}")
+        ids = [self._ids[c] for c in text]
+        return [self.bos_token_id, *ids] if bos else ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        out = []
+        for i in ids:
+            if i < len(self.specials):
+                if i == self.eos_token_id and skip_special:
+                    break
+                if skip_special:
+                    continue
+            out.append(self.vocab[i])
+        return "".join(out)
+
+
+def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, CharTokenizer]:
+    """Build the policy and its tokenizer from the recipe's model section (CPU path: tiny, offline)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if cfg.name != TINY_NAME or cfg.tiny is None:
+        raise ValueError(
+            f"model.name {cfg.name!r}: the CPU path builds only '{TINY_NAME}' with a model.tiny section; "
+            "larger models are served by vLLM on GPU nodes"
+        )
+    tok = CharTokenizer()
+    config = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=cfg.tiny.hidden_size,
+        intermediate_size=cfg.tiny.intermediate_size,
+        num_hidden_layers=cfg.tiny.num_hidden_layers,
+        num_attention_heads=cfg.tiny.num_attention_heads,
+        num_key_value_heads=cfg.tiny.num_attention_heads,
+        max_position_embeddings=cfg.max_seq_len,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(config)
+    model.to(torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
+    return model, tok
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore padding on either side."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask))
+    return out.logits.float()
+
+
+def forward_logprobs(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Logprob of token t given tokens < t, for t >= 1: shape [B, T-1]."""
+    logits = forward_logits(model, input_ids, attention_mask)[:, :-1] / temperature
+    logp = F.log_softmax(logits, dim=-1)
+    return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def save_weights(state: dict[str, torch.Tensor], directory: str | Path) -> Path:
+    """Write safetensors into a temporary folder, rename it into place, then write STABLE last."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    marker = directory / STABLE
+    marker.write_text("")
+    return directory
+
+
+def is_stable(directory: str | Path) -> bool:
+    return (Path(directory) / STABLE).exists()
+
+
+def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Read weights written by ``save_weights``; a folder without STABLE does not exist for readers."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not is_stable(directory):
+        raise FileNotFoundError(f"{directory}: no {STABLE} marker; the weights are incomplete")
+    return load_file(str(directory / WEIGHTS_FILE))
