@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from intellect.errors import RecipeError
 
@@ -41,15 +41,18 @@ class Cluster(Strict):
     exclude: list[str] = Field(default_factory=list, description="Nodes never to use (hostlists allowed).")
     health: HealthPolicy = Field(default_factory=HealthPolicy, description="Health gate policy.")
 
-    @model_validator(mode="after")
-    def _time_format(self) -> Cluster:
-        _parse_slurm_time(self.time)
-        return self
+    @field_validator("time")
+    @classmethod
+    def _time_format(cls, value: str) -> str:
+        _parse_slurm_time(value)
+        return value
 
 
 class TrainerRole(Strict):
     nodes: int = Field(..., ge=1, description="Nodes running the trainer (FSDP2 across all their GPUs).")
-    port: int = Field(29500, ge=1024, le=65535, description="torch.distributed rendezvous port (MASTER_PORT).")
+    port: int = Field(
+        29500, ge=1024, le=65535, description="torch.distributed rendezvous port (MASTER_PORT)."
+    )
     metrics_port: int = Field(9401, ge=1024, le=65535, description="Prometheus /metrics port of the trainer.")
 
 
@@ -119,10 +122,14 @@ class Pretrain(Strict):
 
 class Algorithm(Strict):
     steps: int = Field(..., ge=1, description="RL trainer steps.")
-    batch_size: int = Field(..., ge=1, description="Rollouts per trainer step (prompts x rollouts per prompt).")
+    batch_size: int = Field(
+        ..., ge=1, description="Rollouts per trainer step (prompts x rollouts per prompt)."
+    )
     rollouts_per_prompt: int = Field(..., ge=1, description="Group size for group-normalised advantages.")
     max_async_level: int = Field(1, ge=0, description="Inference may run at most this many steps ahead.")
-    max_off_policy_steps: int = Field(8, ge=0, description="Rollouts older than this are dropped, rescheduled.")
+    max_off_policy_steps: int = Field(
+        8, ge=0, description="Rollouts older than this are dropped, rescheduled."
+    )
     learning_rate: float = Field(..., gt=0, description="AdamW learning rate.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
@@ -166,7 +173,9 @@ class Checkpoints(Strict):
 
 
 class Recipe(Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name; the Slurm job name.")
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name; the Slurm job name."
+    )
     cluster: Cluster = Field(..., description="The allocation.")
     roles: Roles = Field(..., description="How the allocation splits into roles.")
     model: Model = Field(..., description="The policy model.")
@@ -191,7 +200,8 @@ class Recipe(Strict):
         if cluster.gpus_per_node == 0:
             if inf.backend == "vllm":
                 raise _CrossFieldError(
-                    "roles.inference.backend", "vllm needs GPUs but cluster.gpus_per_node is 0; use 'embedded'"
+                    "roles.inference.backend",
+                    "vllm needs GPUs but cluster.gpus_per_node is 0; use 'embedded'",
                 )
         elif gpus > cluster.gpus_per_node:
             raise _CrossFieldError(
@@ -275,11 +285,11 @@ def validate_recipe(data: dict[str, Any], source: str = "<recipe>", root: yaml.N
 
 def _describe(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
     err = exc.errors()[0]
-    loc = [p for p in err["loc"] if p not in ("function-after",)]
+    loc: list[int | str] = [p for p in err["loc"] if p not in ("function-after",)]
     ctx_error = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_error, _CrossFieldError):
         dotted, msg = ctx_error.path, str(ctx_error)
-        loc = dotted.split(".")
+        loc = list(dotted.split("."))
     else:
         dotted = _dotted(loc)
         msg = _message(err, loc)
@@ -308,7 +318,9 @@ def _message(err: Any, loc: list[Any]) -> str:
     if kind == "missing":
         return "missing; add it (see recipes/debug-cpu.yaml for an example)"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        sign = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}[kind]
+        sign = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}[
+            kind
+        ]
         bound = next(iter(ctx.values()))
         return f"must be {sign} {bound} (got {err['input']!r})"
     if kind == "value_error":

@@ -1,0 +1,71 @@
+"""``intellect launch RECIPE``: validate, plan, render, submit; on the local executor, follow the run."""
+
+from __future__ import annotations
+
+import click
+
+from intellect.cli.output import emit_json, status_console
+
+
+@click.command("launch")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the role plan and the sbatch script; submit nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON on stdout.")
+@click.option(
+    "--executor",
+    type=click.Choice(["auto", "slurm", "local"]),
+    default="auto",
+    show_envvar=True,
+    help="slurm where sbatch answers; local runs the roles on this machine.",
+)
+@click.option(
+    "--run-dir", default=None, show_envvar=True, help="Run directory (default: the recipe's run_dir)."
+)
+@click.option("--resume", is_flag=True, help="Continue the run already in the run directory.")
+def launch_cmd(
+    recipe: str, dry_run: bool, as_json: bool, executor: str, run_dir: str | None, resume: bool
+) -> None:
+    """Launch RECIPE (a recipes/*.yaml file) as one allocation split into trainer and inference nodes.
+
+    On Slurm it returns after submission and prints the job id on stdout. On the local executor (no Slurm
+    here, or --executor local) it follows the run to its end and exits non-zero if a role failed.
+    """
+    from intellect import launch as launching
+
+    if as_json and not dry_run:
+        raise click.UsageError("--json goes with --dry-run")
+    if dry_run:
+        prep = launching.prepare(recipe, run_dir)
+        if as_json:
+            emit_json({"plan": prep.plan.to_json(), "script": prep.script})
+            return
+        _print_plan(prep.plan)
+        click.echo(prep.script, nl=False)
+        return
+    prep, sub = launching.launch(recipe, run_dir, executor, resume)  # type: ignore[arg-type]
+    con = status_console()
+    con.print(f"[bold]submitted[/] job [cyan]{sub.job_id}[/] ({sub.executor} executor)")
+    con.print(f"run directory: {prep.plan.run_dir}")
+    if sub.executor == "slurm":
+        con.print(f"watch it:  squeue -j {sub.job_id}    tail -f {prep.plan.run_dir}/logs/orchestrator-0.log")
+        click.echo(sub.job_id)
+        return
+    con.print(f"follow it: tail -f {prep.plan.run_dir}/logs/orchestrator-0.log  (Ctrl-C stops the run)")
+    from intellect.cli.follow import follow_local
+
+    follow_local(prep.plan.run_dir, sub)
+
+
+def _print_plan(plan) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    con = status_console()
+    table = Table(title=f"role plan: {plan.name} ({plan.nodes} nodes x {plan.gpus_per_node} GPUs)")
+    for col in ("role", "nodes", "node index", "tasks/node", "GPUs/task"):
+        table.add_column(col)
+    for r in plan.roles:
+        table.add_row(r.role, str(r.nodes), r.index_range, str(r.tasks_per_node), str(r.gpus_per_task))
+    con.print(table)
+    if plan.exclude:
+        con.print(f"excluded nodes: {', '.join(plan.exclude)}")
+    con.print(f"run directory: {plan.run_dir}")

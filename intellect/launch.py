@@ -1,0 +1,110 @@
+"""Launching a recipe: load → plan → render → prepare the run directory → submit. No printing here.
+
+A launch that fails validation, or whose run directory already holds a run, submits nothing.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from intellect.errors import LaunchError
+from intellect.recipe import Recipe, load_recipe, time_minutes
+from intellect.slurm.plan import Plan, make_plan
+from intellect.slurm.render import render_sbatch
+from intellect.slurm.submit import Executor, Submission, choose_executor, submit
+
+SCRIPT_NAME = "launch.sbatch"
+RECORD_NAME = "launch.json"
+
+
+@dataclass
+class Prepared:
+    recipe: Recipe
+    plan: Plan
+    script: str
+
+
+def prepare(
+    recipe_path: str | Path, run_dir: str | None = None, exclude: list[str] | None = None
+) -> Prepared:
+    """Validate and render; pure apart from reading the recipe. Used by --dry-run and by launch."""
+    recipe = load_recipe(recipe_path)
+    run_dir_abs = str(Path(run_dir or recipe.run_dir).absolute())
+    recipe = recipe.model_copy(update={"run_dir": run_dir_abs})
+    plan = make_plan(recipe, run_dir_abs, exclude=exclude)
+    return Prepared(recipe=recipe, plan=plan, script=render_sbatch(plan))
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    existing = run_dir / "recipe.resolved.yaml"
+    if existing.exists() and not resume:
+        raise LaunchError(
+            f"{run_dir} already holds a run",
+            hint="add --resume to continue it from its last checkpoint, or pass --run-dir for a new run",
+        )
+    if resume and not existing.exists():
+        raise LaunchError(f"--resume: {run_dir} holds no run to resume", hint="drop --resume")
+
+
+def write_run_dir(prep: Prepared, resume: bool) -> Path:
+    run_dir = Path(prep.plan.run_dir)
+    _check_run_dir(run_dir, resume)
+    try:
+        for sub in ("logs", "status", "weights", "rollouts", "checkpoints"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        resolved = yaml.safe_dump(prep.recipe.model_dump(mode="json"), sort_keys=False)
+        (run_dir / "recipe.resolved.yaml").write_text(resolved)
+        script = run_dir / SCRIPT_NAME
+        script.write_text(prep.script)
+        script.chmod(0o755)
+    except OSError as exc:
+        raise LaunchError(f"cannot write run directory {run_dir}: {exc.strerror}") from exc
+    return script
+
+
+def launch(
+    recipe_path: str | Path,
+    run_dir: str | None = None,
+    executor: Executor = "auto",
+    resume: bool = False,
+    exclude: list[str] | None = None,
+) -> tuple[Prepared, Submission]:
+    prep = prepare(recipe_path, run_dir, exclude=exclude)
+    chosen = choose_executor(executor)  # before touching the run dir: an unreachable Slurm changes nothing
+    script = write_run_dir(prep, resume)
+    sub = submit(prep.plan, script, chosen, time_minutes(prep.recipe))
+    record = {
+        "job_id": sub.job_id,
+        "executor": chosen,
+        "recipe": str(recipe_path),
+        "name": prep.recipe.name,
+        "user": getpass.getuser(),
+        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "plan": prep.plan.to_json(),
+    }
+    (Path(prep.plan.run_dir) / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    return prep, sub
+
+
+def role_exits(run_dir: str | Path) -> dict[str, list[int]]:
+    """Exit codes each role reported (one per rank), from ``status/<role>.exit``."""
+    out: dict[str, list[int]] = {}
+    for path in sorted(Path(run_dir, "status").glob("*.exit")):
+        codes = [int(x) for x in path.read_text().split() if x.lstrip("-").isdigit()]
+        out[path.stem] = codes
+    return out
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "summary.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None

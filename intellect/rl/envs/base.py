@@ -1,0 +1,112 @@
+"""Environment = dataset + parser + rubric (+ tools and turns).
+
+This is the interface the orchestrator (rollouts, rewards, evals) and the trainer (supervised warm-up through
+``reference``) rely on. Environments never import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One prompt of a dataset. ``id`` is unique within its environment and split; key tasks by ``id``."""
+
+    id: str
+    prompt: str
+    answer: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a multi-turn transcript: role is 'assistant' (sampled) or 'tool' (environment)."""
+
+    role: str
+    text: str
+
+
+@dataclass
+class Score:
+    """The rubric's verdict on one rollout."""
+
+    reward: float
+    components: dict[str, float]
+    errors: list[str]
+    correct: bool
+
+    @property
+    def failed(self) -> bool:
+        """A reward function raised: the sample must be masked and the error counted, not scored 0 silently."""
+        return bool(self.errors)
+
+
+RewardFn = Callable[[Task, str, Sequence[Turn]], float]
+
+
+class Rubric:
+    """Weighted reward functions. A function that raises is recorded in ``Score.errors`` and logged."""
+
+    def __init__(self, funcs: Sequence[tuple[RewardFn, float]], correct_threshold: float = 1.0) -> None:
+        self.funcs = list(funcs)
+        self.correct_threshold = correct_threshold
+        self.error_count = 0
+
+    def score(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> Score:
+        components: dict[str, float] = {}
+        errors: list[str] = []
+        total = sum(w for _, w in self.funcs) or 1.0
+        reward = 0.0
+        for fn, weight in self.funcs:
+            name = getattr(fn, "__name__", repr(fn))
+            try:
+                value = float(fn(task, completion, transcript))
+            except Exception as exc:  # noqa: BLE001 - any failure of a reward function is counted
+                self.error_count += 1
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                log.warning("reward function %s failed on task %s: %s", name, task.id, exc)
+                continue
+            components[name] = value
+            reward += weight * value
+        reward /= total
+        return Score(
+            reward=reward, components=components, errors=errors, correct=reward >= self.correct_threshold
+        )
+
+
+class Environment:
+    """Base class. Subclasses set ``name``, build ``rubric`` and implement ``tasks``.
+
+    Single-turn environments leave ``max_turns`` at 1 and ``respond`` returning None. Multi-turn environments
+    return the tool's reply to the assistant's last turn from ``respond`` (the orchestrator appends it with
+    completion mask 0 and asks the model again), or None when the episode is over.
+    """
+
+    name: str = "base"
+    max_turns: int = 1
+    stop: list[str] | None = None
+
+    def __init__(self, **args: Any) -> None:
+        self.args = args
+        self.rubric = Rubric([])
+
+    def tasks(self, split: str = "train") -> Sequence[Task]:
+        """A deterministic dataset for ``split`` ('train' or 'eval'); train and eval never share a task."""
+        raise NotImplementedError
+
+    def reference(self, task: Task) -> str | None:
+        """A gold completion for supervised warm-up, where the environment has one."""
+        return None
+
+    def respond(self, task: Task, transcript: Sequence[Turn]) -> str | None:
+        """The tool's reply to the last assistant turn, or None when the episode is done."""
+        return None
+
+    def score(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> Score:
+        return self.rubric.score(task, completion, transcript)

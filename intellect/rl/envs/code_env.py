@@ -1,0 +1,156 @@
+"""code: write a small Python function; the reward is the share of the task's asserts that pass.
+
+The completion's last fenced code block (or the whole completion) runs in a fresh ``python -I`` subprocess
+with a timeout and memory/CPU limits, never through a shell. This isolates crashes and hangs, not malice: the
+checked code could still fake its result, so use a real sandbox for untrusted models at scale.
+
+With no arguments the dataset is built in code from templates; ``path`` loads a local JSONL of
+``{"prompt", "tests": [assert statements]}``. A prompt's hash decides its split.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from intellect.rl.envs.base import Environment, Rubric, Score, Task, Turn
+from intellect.rl.envs.code_problems import GENERATORS
+from intellect.rl.envs.common import check_split, key_hash, sample_split, split_of, verdict
+
+DEFAULT_SIZE = {"train": 300, "eval": 60}
+TIMEOUT_S = 5.0
+MARKER = "@@intellect-tests@@"
+# Runs in the child: limits first, then the candidate code, then each assert in the same namespace.
+HARNESS = f"""
+import json, resource, sys
+data = json.loads(sys.stdin.read())
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+resource.setrlimit(resource.RLIMIT_CPU, ({int(TIMEOUT_S)}, {int(TIMEOUT_S)}))
+ns = {{"__name__": "__candidate__"}}
+passed = 0
+try:
+    exec(compile(data["code"], "<candidate>", "exec"), ns)
+    for test in data["tests"]:
+        try:
+            exec(compile(test, "<test>", "exec"), ns)
+            passed += 1
+        except Exception:
+            pass
+except BaseException:
+    pass
+sys.stdout.write("\\n{MARKER}" + json.dumps(passed) + "\\n")
+"""
+
+
+def extract_code(completion: str) -> str:
+    blocks = re.findall(r"```(?:python|py)?\n(.*?)```", completion, flags=re.DOTALL)
+    return blocks[-1] if blocks else completion
+
+
+def run_tests(code: str, tests: Sequence[str], timeout: float = TIMEOUT_S) -> int:
+    """How many of ``tests`` pass after ``code`` runs, in a subprocess; 0 on a timeout or a crash."""
+    payload = json.dumps({"code": code, "tests": list(tests)})
+    with tempfile.TemporaryDirectory(prefix="intellect-code-") as tmp:
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-I", "-c", HARNESS],
+                input=payload,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=tmp,
+                env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
+            )
+        except subprocess.TimeoutExpired:
+            return 0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARKER)]
+    return int(json.loads(lines[-1][len(MARKER) :])) if lines else 0
+
+
+def tests_passed(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
+    tests = task.answer
+    return run_tests(extract_code(completion), tests) / len(tests)
+
+
+def defines_function(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
+    name = task.info.get("function")
+    if not name:
+        return 1.0 if "def " in extract_code(completion) else 0.0
+    return (
+        1.0 if re.search(rf"^\s*def {re.escape(name)}\s*\(", extract_code(completion), re.MULTILINE) else 0.0
+    )
+
+
+class Code(Environment):
+    name = "code"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        split: str = "train",
+        size: int | None = None,
+        seed: int = 0,
+        eval_fraction: float = 0.15,
+        format_weight: float = 0.1,
+    ) -> None:
+        super().__init__(path=path, split=check_split(split), size=size, seed=seed)
+        self.path, self.split, self.size, self.seed = path, split, size, seed
+        self.eval_fraction = eval_fraction
+        self.rubric = Rubric([(tests_passed, 1.0), (defines_function, format_weight)])
+        self._cache: dict[str, list[Task]] = {}
+
+    def tasks(self, split: str | None = None) -> Sequence[Task]:
+        split = check_split(split or self.split)
+        if split not in self._cache:
+            self._cache[split] = self._load(split) if self.path else self._generate(split)
+        return self._cache[split]
+
+    def _generate(self, split: str) -> list[Task]:
+        def draw(rng: random.Random) -> tuple[str, Any]:
+            problem = rng.choice(GENERATORS)(rng)
+            return problem[0], problem
+
+        pairs = sample_split(
+            draw,
+            split=split,
+            salt=self.name,
+            size=self.size or DEFAULT_SIZE[split],
+            seed=self.seed,
+            eval_fraction=self.eval_fraction,
+        )
+        return [_task(*problem) for _, problem in pairs]  # type: ignore[misc]
+
+    def _load(self, split: str) -> list[Task]:
+        assert self.path is not None
+        out: dict[str, Task] = {}
+        for line_no, line in enumerate(Path(self.path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                prompt, tests = str(item["prompt"]), [str(t) for t in item["tests"]]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{self.path}:{line_no}: need a JSON object with prompt and tests") from exc
+            if tests and split_of(prompt, self.name, self.eval_fraction) == split:
+                out.setdefault(prompt, _task(prompt, tests, item.get("function"), item.get("solution")))
+        tasks = list(out.values())
+        return tasks[: self.size] if self.size else tasks
+
+    def reference(self, task: Task) -> str | None:
+        solution = task.info.get("solution")
+        return f"```python\n{solution}```" if solution else None
+
+    def score(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> Score:
+        return verdict(super().score(task, completion, transcript), "tests_passed")
+
+
+def _task(prompt: str, tests: list[str], function: str | None, solution: str | None) -> Task:
+    info = {"function": function, "solution": solution}
+    return Task(id=f"code-{key_hash(prompt)}", prompt=prompt, answer=tuple(tests), info=info)

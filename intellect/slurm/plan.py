@@ -1,0 +1,156 @@
+"""The role plan: how one allocation splits into trainer, inference and orchestrator nodes.
+
+A pure function of the recipe (plus exclusions from the health gate). Rendering and submission both read it,
+so the sbatch text, submitit's parameters and ``launch --dry-run --json`` can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intellect.recipe import Recipe, time_minutes
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    role: str
+    nodes: int
+    first_index: int  # index into the allocation's sorted node list
+    tasks_per_node: int
+    gpus_per_task: int
+    command: list[str]
+    env: dict[str, str]
+
+    @property
+    def index_range(self) -> str:
+        last = self.first_index + self.nodes - 1
+        return str(self.first_index) if last == self.first_index else f"{self.first_index}-{last}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    run_dir: str
+    nodes: int
+    gpus_per_node: int
+    roles: list[RolePlan]
+    sbatch: dict[str, Any]
+    exclude: list[str] = field(default_factory=list)
+    excluded_reasons: dict[str, str] = field(default_factory=dict)
+
+    def role(self, name: str) -> RolePlan:
+        return next(r for r in self.roles if r.role == name)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["roles"] = {
+            r.role: {
+                "nodes": r.nodes,
+                "node_index": r.index_range,
+                "tasks_per_node": r.tasks_per_node,
+                "gpus_per_task": r.gpus_per_task,
+                "command": r.command,
+                "env": r.env,
+            }
+            for r in self.roles
+        }
+        return out
+
+
+def _role_command(module: str, config: str) -> list[str]:
+    return ["python", "-m", f"intellect.rl.{module}", "--config", config]
+
+
+def make_plan(
+    recipe: Recipe,
+    run_dir: str | None = None,
+    exclude: list[str] | None = None,
+    excluded_reasons: dict[str, str] | None = None,
+) -> Plan:
+    """Split the allocation by node index: trainer nodes first, then inference nodes."""
+    run_dir = str(Path(run_dir or recipe.run_dir).absolute())
+    config = f"{run_dir}/recipe.resolved.yaml"
+    c, r = recipe.cluster, recipe.roles
+    gpn = c.gpus_per_node
+    trainer_tasks = gpn if gpn else 1  # one rank per GPU; one process on a CPU node
+    t0, i0 = 0, r.trainer.nodes
+    orch_index = t0 if r.orchestrator.placement == "trainer" else i0
+    common = {"INTELLECT_RUN_DIR": run_dir, "INTELLECT_RECIPE": config}
+    trainer = RolePlan(
+        role="trainer",
+        nodes=r.trainer.nodes,
+        first_index=t0,
+        tasks_per_node=trainer_tasks,
+        gpus_per_task=1 if gpn else 0,
+        command=_role_command("trainer", config),
+        env={
+            **common,
+            "MASTER_ADDR": "<trainer node 0>",
+            "MASTER_PORT": str(r.trainer.port),
+            "WORLD_SIZE": str(r.trainer.nodes * trainer_tasks),
+        },
+    )
+    inference = RolePlan(
+        role="inference",
+        nodes=r.inference.nodes,
+        first_index=i0,
+        tasks_per_node=1,
+        gpus_per_task=gpn,
+        command=_role_command("inference", config),
+        env={**common, "INFERENCE_PORT": str(r.inference.port), "INFERENCE_BACKEND": r.inference.backend},
+    )
+    orchestrator = RolePlan(
+        role="orchestrator",
+        nodes=1,
+        first_index=orch_index,
+        tasks_per_node=1,
+        gpus_per_task=0,
+        command=_role_command("orchestrator", config),
+        env={
+            **common,
+            "INFERENCE_URLS": f"<http://inference node i:{r.inference.port}, i < {r.inference.nodes}>",
+        },
+    )
+    excl = sorted(set(c.exclude) | set(exclude or []))
+    return Plan(
+        name=recipe.name,
+        run_dir=run_dir,
+        nodes=c.nodes,
+        gpus_per_node=gpn,
+        roles=[trainer, inference, orchestrator],
+        sbatch=sbatch_options(recipe, run_dir, excl),
+        exclude=excl,
+        excluded_reasons=dict(excluded_reasons or {}),
+    )
+
+
+def sbatch_options(recipe: Recipe, run_dir: str, exclude: list[str]) -> dict[str, Any]:
+    """The sbatch options, in order, as ``--key=value`` (True means a bare flag)."""
+    c = recipe.cluster
+    opts: dict[str, Any] = {"job-name": recipe.name}
+    for key, value in (("partition", c.partition), ("account", c.account), ("qos", c.qos)):
+        if value:
+            opts[key] = value
+    opts["nodes"] = c.nodes
+    opts["ntasks-per-node"] = 1
+    if c.gpus_per_node:
+        opts["gpus-per-node"] = c.gpus_per_node
+    if c.cpus_per_node:
+        opts["cpus-per-task"] = c.cpus_per_node
+    if c.mem is not None:
+        opts["mem"] = c.mem
+    opts["time"] = c.time
+    if c.exclusive:
+        opts["exclusive"] = True
+    if exclude:
+        opts["exclude"] = ",".join(exclude)
+    opts["output"] = f"{run_dir}/logs/sbatch-%j.log"
+    opts["open-mode"] = "append"
+    opts["requeue"] = True
+    return opts
+
+
+def timeout_minutes(recipe: Recipe) -> int:
+    return time_minutes(recipe)

@@ -1,0 +1,103 @@
+"""Submission through submitit: the Slurm executor where sbatch answers, the local executor otherwise.
+
+Both executors run the same rendered batch script (``run_batch_script``): under Slurm it splits the allocation
+with srun job steps; without Slurm it starts the same role processes on this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from intellect.errors import LaunchError, SlurmError, SlurmUnreachable
+from intellect.slurm import run as slurm_run
+from intellect.slurm.plan import Plan
+
+Executor = Literal["auto", "slurm", "local"]
+
+
+def run_batch_script(script: str, env: dict[str, str]) -> int:
+    """The function submitit runs in the job: the rendered script, its output into the job log."""
+    proc = subprocess.run(["bash", script], env={**os.environ, **env}, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"batch script {script} exited with {proc.returncode}")
+    return proc.returncode
+
+
+@dataclass
+class Submission:
+    job_id: str
+    executor: str
+    folder: Path
+    job: Any  # submitit.Job
+
+    def wait(self) -> None:
+        """Block until the job ends (local executor)."""
+        with contextlib.suppress(Exception):  # the role exit codes in status/ say what failed
+            self.job.result()
+
+    def done(self) -> bool:
+        return bool(self.job.done())
+
+
+def choose_executor(requested: Executor) -> str:
+    if requested == "local":
+        return "local"
+    if slurm_run.controller_up():
+        return "slurm"
+    if requested == "slurm":
+        raise SlurmUnreachable(
+            "slurm executor requested but sbatch is missing or slurmctld does not answer",
+            hint="scontrol ping, or use --executor local",
+        )
+    return "local"
+
+
+def _slurm_parameters(plan: Plan, timeout_min: int) -> dict[str, Any]:
+    s = plan.sbatch
+    params: dict[str, Any] = {
+        "job_name": s["job-name"],
+        "nodes": s["nodes"],
+        "ntasks_per_node": 1,
+        "time": timeout_min,
+        "use_srun": False,  # the batch script itself splits the allocation with srun steps
+        "additional_parameters": {"requeue": True, "open-mode": "append"},
+    }
+    for key in ("partition", "account", "qos", "mem", "exclude"):
+        if key in s:
+            params[key] = s[key]
+    if "gpus-per-node" in s:
+        params["gpus_per_node"] = s["gpus-per-node"]
+    if "cpus-per-task" in s:
+        params["cpus_per_task"] = s["cpus-per-task"]
+    if s.get("exclusive"):
+        params["exclusive"] = True
+    return params
+
+
+def submit(plan: Plan, script: Path, executor: str, timeout_min: int) -> Submission:
+    """Submit the rendered script. Raises LaunchError (nothing submitted) on a refused submission."""
+    import submitit
+
+    folder = Path(plan.run_dir) / "submitit"
+    env = {"INTELLECT_PYTHON": os.environ.get("INTELLECT_PYTHON", sys.executable), "PYTHONUNBUFFERED": "1"}
+    ex: Any
+    if executor == "slurm":
+        ex = submitit.SlurmExecutor(folder=folder)
+        ex.update_parameters(**_slurm_parameters(plan, timeout_min))
+    else:
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=timeout_min)
+    try:
+        job = ex.submit(run_batch_script, str(script), env)
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or exc.output or b"").decode(errors="replace").strip().splitlines()
+        raise SlurmError(f"sbatch refused the job: {detail[-1] if detail else exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"submission failed: {exc}") from exc
+    return Submission(job_id=str(job.job_id), executor=executor, folder=folder, job=job)

@@ -1,0 +1,33 @@
+"""Shared test helpers. Markers are declared in pyproject.toml (--strict-markers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+FAKE_PYTHON = ROOT / "tests" / "fixtures" / "fake-python"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120):
+    """Run the real ``intellect`` entry point in a subprocess (exit codes, stdout/stderr split)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "INTELLECT_DEBUG"}
+    full_env.update({"NO_COLOR": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "intellect.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
