@@ -60,7 +60,10 @@ def main() -> None:
         rows = [
             ("python -c pass", base),
             ("intellect --help", timed([*cli, "--help"])),
-            ("launch intellect3 --dry-run --json", timed([*cli, "launch", "recipes/intellect3.yaml", "--dry-run", "--json"])),
+            (
+                "launch intellect3 --dry-run --json",
+                timed([*cli, "launch", "recipes/intellect3.yaml", "--dry-run", "--json"]),
+            ),
             ("launch 4096 nodes --dry-run --json", timed([*cli, "launch", str(big), "--dry-run", "--json"])),
         ]
         r64 = in_process_render(ROOT / "recipes" / "intellect3.yaml")
@@ -68,8 +71,10 @@ def main() -> None:
     print(f"{'command':40s} {'median s':>9s} {'x python':>9s}")
     for name, secs in rows:
         print(f"{name:40s} {secs:9.3f} {secs / base:9.2f}")
-    print(f"in-process plan+render: 60 nodes {r64 * 1e3:.2f} ms, 4096 nodes {r4096 * 1e3:.2f} ms "
-          f"(ratio {r4096 / r64:.2f} for 68x the nodes)")
+    print(
+        f"in-process plan+render: 60 nodes {r64 * 1e3:.2f} ms, 4096 nodes {r4096 * 1e3:.2f} ms "
+        f"(ratio {r4096 / r64:.2f} for 68x the nodes)"
+    )
 
 
 if __name__ == "__main__":
