@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from intellect import runs
 from intellect.errors import LaunchError
 from intellect.recipe import Recipe, load_recipe, time_minutes
 from intellect.slurm.plan import Plan, make_plan
@@ -90,6 +91,7 @@ def launch(
         "plan": prep.plan.to_json(),
     }
     (Path(prep.plan.run_dir) / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    runs.remember(record, prep.plan.run_dir)
     return prep, sub
 
 

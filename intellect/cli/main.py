@@ -12,7 +12,9 @@ import sys
 import click
 
 from intellect import __version__
+from intellect.cli.jobs import cancel_cmd, jobs_cmd, logs_cmd
 from intellect.cli.launch import launch_cmd
+from intellect.cli.nodes import drain_cmd, nodes_cmd, resume_cmd, why_cmd
 from intellect.cli.output import error_line
 from intellect.errors import IntellectError
 
@@ -29,7 +31,8 @@ def cli(debug: bool) -> None:
         os.environ["INTELLECT_DEBUG"] = "1"
 
 
-cli.add_command(launch_cmd)
+for command in (launch_cmd, nodes_cmd, drain_cmd, resume_cmd, why_cmd, jobs_cmd, logs_cmd, cancel_cmd):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,7 +64,7 @@ class LoopbackCluster:
             key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         (r / "munge").chmod(0o700)
-        ctl_port, node_base = free_port(), free_port()
+        ctl_port = free_port()
         lines = [
             "# intellect loopback test cluster: several slurmd on 127.0.0.1",
             "ClusterName=intellect-loopback",
@@ -95,9 +95,9 @@ class LoopbackCluster:
             "InactiveLimit=0",
             f"DefMemPerNode={self.memory_mb // 4}",
         ]
-        for i, name in enumerate(self.node_names):
+        for name in self.node_names:
             lines.append(
-                f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={node_base + i} "
+                f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={free_port()} "
                 f"CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN"
             )
         lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES")
@@ -110,6 +110,14 @@ class LoopbackCluster:
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env())
 
     def start(self, timeout: float = 30.0) -> LoopbackCluster:
+        """Start munged, slurmctld and the slurmd; on any failure stop what was started, then raise."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> LoopbackCluster:
         if os.geteuid() != 0:
             raise IntellectError("the loopback Slurm cluster needs root (slurmd runs jobs as their users)")
         missing = missing_tools()
@@ -163,7 +171,11 @@ class LoopbackCluster:
         raise IntellectError(f"timed out waiting for {what}; see {self.root}/log/")
 
     def stop(self) -> None:
-        """SIGTERM every daemon we started (slurmd first), then SIGKILL what is left."""
+        """Cancel the cluster's jobs (their slurmstepd outlive slurmd), then SIGTERM every daemon we started
+        (slurmd first), then SIGKILL what is left."""
+        ctl = self.procs.get("slurmctld")
+        if ctl is not None and ctl.poll() is None:
+            self._cancel_all_jobs()
         order = sorted(self.procs, key=lambda n: (not n.startswith("slurmd"), n == "munged"))
         for name in order:
             proc = self.procs[name]
@@ -178,6 +190,25 @@ class LoopbackCluster:
         for log in self._logs:
             log.close()
         self._logs.clear()
+
+    def _cancel_all_jobs(self, timeout: float = 15.0) -> None:
+        def queue() -> list[str]:
+            res = subprocess.run(
+                ["squeue", "-h", "-a", "-o", "%A"],
+                capture_output=True,
+                text=True,
+                env=self.env(),
+                check=False,
+            )
+            return res.stdout.split()
+
+        jobs = queue()
+        if not jobs:
+            return
+        subprocess.run(["scancel", *jobs], capture_output=True, env=self.env(), check=False)
+        deadline = time.monotonic() + timeout
+        while queue() and time.monotonic() < deadline:
+            time.sleep(0.3)
 
     def __enter__(self) -> LoopbackCluster:
         return self.start()

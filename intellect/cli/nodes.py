@@ -1,0 +1,121 @@
+"""Node commands for the on-call engineer: ``nodes``, ``drain``, ``resume``, ``why``."""
+
+from __future__ import annotations
+
+import click
+
+from intellect.cli.output import emit_json, status, status_console
+
+NODES_HELP = "A hostlist such as node-[17,20-22]."
+
+
+@click.command("nodes")
+@click.option("--state", "states", multiple=True, help="Only nodes in this state (idle, drained, mixed...).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def nodes_cmd(states: tuple[str, ...], as_json: bool) -> None:
+    """Every node: state, reason, who/when, GPUs and running jobs (one sinfo and one squeue call)."""
+    from intellect.slurm.nodes import query_nodes
+
+    nodes = list(query_nodes().values())
+    if states:
+        nodes = [n for n in nodes if any(s in n.state for s in states)]
+    if as_json:
+        emit_json({"nodes": [n.to_json() for n in nodes]})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(nodes)} nodes")
+    for col in ("node", "state", "reason", "by", "since", "gres", "jobs"):
+        table.add_column(col)
+    for n in nodes:
+        style = "red" if n.drained and not n.drained_by_us else ("yellow" if n.drained else "")
+        table.add_row(
+            n.name,
+            f"[{style}]{n.state}[/]" if style else n.state,
+            n.reason or "",
+            n.reason_user or "",
+            n.reason_time or "",
+            n.gres or "",
+            ",".join(n.jobs),
+        )
+    from intellect.cli.output import data_console
+
+    data_console().print(table)
+
+
+@click.command("drain")
+@click.argument("nodes")
+@click.option("--reason", required=True, help="Why: stored as '[intellect] <user> <UTC time>: REASON'.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def drain_cmd(nodes: str, reason: str, as_json: bool) -> None:
+    """Drain NODES (a hostlist) with a reason; running jobs finish, no new job lands."""
+    from intellect.slurm.nodes import expand_nodes
+    from intellect.slurm.ops import drain
+
+    result = drain(expand_nodes(nodes), reason)
+    _report("drained", result, as_json)
+
+
+@click.command("resume")
+@click.argument("nodes")
+@click.option(
+    "--force", is_flag=True, help="Also resume nodes a person drained (their reason lacks our prefix)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def resume_cmd(nodes: str, force: bool, as_json: bool) -> None:
+    """Resume NODES that intellect drained; refuses a person's drain unless --force."""
+    from intellect.slurm.nodes import expand_nodes
+    from intellect.slurm.ops import resume
+
+    result = resume(expand_nodes(nodes), force=force)
+    _report("resumed", result, as_json)
+
+
+def _report(verb: str, result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    if as_json:
+        emit_json(result.to_json())
+        return
+    import hostlist
+
+    if result.changed:
+        status(
+            f"{verb} {hostlist.collect_hostlist(result.changed)}"
+            + (f": {result.reason}" if result.reason else "")
+        )
+    for node, why in result.skipped.items():
+        status(f"skipped {node}: {why}")
+
+
+@click.command("why")
+@click.argument("node")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def why_cmd(node: str, as_json: bool) -> None:
+    """Why NODE is in its state: reason, our drain/resume history, recent jobs."""
+    from intellect.slurm.nodes import expand_nodes, known, query_nodes, recent_jobs
+    from intellect.slurm.ops import history
+
+    (name,) = expand_nodes(node)[:1] or [node]
+    nodes = query_nodes()
+    known([name], nodes)
+    n = nodes[name]
+    hist, recent = history(name), recent_jobs(name)
+    data = {"node": n.to_json(), "history": hist, "recent_jobs": recent}
+    if as_json:
+        emit_json(data)
+        return
+    con = status_console()
+    con.print(
+        f"[bold]{name}[/]: {n.state}"
+        + (f" — {n.reason} (by {n.reason_user} at {n.reason_time})" if n.reason else "")
+    )
+    con.print(
+        "drained by intellect" if n.drained_by_us else ("drained by a person" if n.drained else "not drained")
+    )
+    con.print(f"running jobs: {', '.join(n.jobs) or 'none'}")
+    con.print("history (intellect journal):" if hist else "history: no drain/resume by intellect")
+    for e in hist:
+        con.print(f"  {e['time']}  {e['user']:<10} {e['action']:<7} {e.get('reason') or ''}")
+    for j in recent:
+        con.print(
+            f"  job {j.get('JobID')} {j.get('JobName')} {j.get('State')} {j.get('Start')} → {j.get('End')}"
+        )
