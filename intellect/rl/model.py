@@ -85,8 +85,8 @@ def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, CharTokenizer]:
         tie_word_embeddings=False,
     )
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(config)
-    model.to(torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
+    model: torch.nn.Module = LlamaForCausalLM(config)
+    model = model.to(torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
     return model, tok
 
 
