@@ -1,0 +1,23 @@
+"""The orchestrator role: continuous batching of rollout groups against the inference servers, the async-k
+bound, online difficulty pools, online evals, and the rollout batches it hands to the trainer.
+
+``python -m intellect.rl.orchestrator --config RUN_DIR/recipe.resolved.yaml`` with ``INFERENCE_URLS`` set.
+
+Modules, by concern:
+    bound       pure functions of the async bound (which weights a batch may come from, what is stale)
+    pools       online difficulty pools (easy / normal / hard by solve rate) and the task sampler
+    planner     which batch each rollout group is generated for; when a batch is complete
+    client      the HTTP client of the inference servers (retries, rerouting, least in-flight, weight pushes)
+    rollout     one group: requests, turns, scores, advantages -> contract samples
+    evals       greedy held-out evals
+    writer      the run-directory side: rollouts/step_N + STABLE, metrics.jsonl, summary.json, resume points
+    telemetry   Prometheus gauges and the per-step progress line
+    loop        the Orchestrator: supervised tasks and the main loop
+    fake        a scripted inference server (httpx.MockTransport) for tests and benchmarks
+
+Importing this package pulls neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

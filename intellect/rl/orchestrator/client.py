@@ -1,0 +1,269 @@
+"""HTTP client of the inference servers (the API in ``intellect.rl``'s docstring).
+
+- Requests go to the ready server with the fewest sequences in flight whose weights satisfy the request's
+  ``min_step`` (the async bound); with none ready at that step the request waits for a weight update.
+- A transport error marks the server down and the request is retried, with backoff, on another server (or the
+  same one once it is back). A server that comes back is probed on ``/health`` and brought to the current
+  weights before it gets requests again (a restarted server may hold older weights). After ``retry_for_s``
+  with no server up the request fails with ``InferenceError``.
+- Each request is stamped with the weight steps that produced it: ``first`` = the server's confirmed step when
+  the (successful) attempt was sent, ``last`` = its step when the answer came, or the step of an update in
+  flight to it (an upper bound: the update may have landed mid-generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from intellect.errors import RunError
+
+log = logging.getLogger(__name__)
+
+
+class InferenceError(RunError):
+    """An inference request failed for good (after retries), or a server answered with a client error."""
+
+
+class _Retryable(Exception):
+    pass
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None
+    text: str
+    weight_steps: tuple[int, int] | None = None  # from servers that report it (the embedded one does)
+
+
+@dataclass
+class Stamp:
+    """The weight steps and server of one request, filled in by the client."""
+
+    first: int | None = None
+    last: int | None = None
+    server: str | None = None
+    attempts: int = 0
+
+
+@dataclass
+class Server:
+    url: str
+    up: bool = False
+    step: int | None = None
+    pending: int | None = None
+    inflight: int = 0
+    failures: int = 0
+    recovering: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def ready_for(self, min_step: int) -> bool:
+        return self.up and self.step is not None and self.step >= min_step
+
+
+def parse_completions(data: dict[str, Any]) -> list[Completion]:
+    """The choices of a /v1/completions answer, in index order."""
+    out = []
+    for choice in sorted(data["choices"], key=lambda c: c.get("index", 0)):
+        ids = [int(t) for t in choice["token_ids"]]
+        lps = [float(x) for x in (choice.get("logprobs") or {}).get("token_logprobs") or []]
+        if len(lps) != len(ids):
+            raise InferenceError(f"server answered {len(ids)} token ids but {len(lps)} logprobs")
+        steps = choice.get("weight_steps")
+        tagged = (int(steps[0]), int(steps[-1])) if steps else None
+        out.append(Completion(ids, lps, choice.get("finish_reason"), choice.get("text", ""), tagged))
+    return out
+
+
+class InferenceClient:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        request_timeout_s: float = 600.0,
+        retry_for_s: float = 120.0,
+        backoff_s: tuple[float, float] = (0.05, 2.0),
+        probe_every_s: float = 0.25,
+    ) -> None:
+        if not urls:
+            raise InferenceError("no inference server given", hint="set INFERENCE_URLS=http://host:port,...")
+        self.servers = [Server(u.rstrip("/")) for u in urls]
+        self._http = httpx.AsyncClient(transport=transport, timeout=request_timeout_s)
+        self.retry_for_s = retry_for_s
+        self.backoff_s = backoff_s
+        self.probe_every_s = probe_every_s
+        self.target: tuple[str, int] | None = None  # the weights every server should run
+        self._changed = asyncio.Condition()
+        self.retries = 0
+
+    async def aclose(self) -> None:
+        tasks = [s.recovering for s in self.servers if s.recovering is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------------------------------ health
+
+    async def health(self, server: Server) -> dict[str, Any]:
+        resp = await self._http.get(server.url + "/health", timeout=5.0)
+        resp.raise_for_status()
+        data: dict[str, Any] = resp.json()
+        return data
+
+    async def wait_healthy(self, timeout_s: float = 600.0) -> None:
+        """Wait until every server answers /health; record the weight step each one runs."""
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.servers)
+        while pending:
+            for server in list(pending):
+                try:
+                    data = await self.health(server)
+                except (httpx.HTTPError, ValueError):
+                    continue
+                server.up, server.step = True, _as_step(data.get("weight_step"))
+                pending.remove(server)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(s.url for s in pending)
+                raise InferenceError(f"inference servers not healthy after {timeout_s:.0f} s: {names}")
+            if pending:
+                await asyncio.sleep(self.probe_every_s)
+        await self._notify()
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    async def update_weights(self, path: str, step: int) -> None:
+        """Make ``step`` the target and push it to every server that is up (down ones get it on recovery)."""
+        self.target = (path, step)
+        await asyncio.gather(*(self._push(s, path, step) for s in self.servers if s.up))
+
+    async def _push(self, server: Server, path: str, step: int) -> None:
+        if server.step is not None and server.step >= step:
+            return
+        server.pending = step
+        try:
+            resp = await self._http.post(server.url + "/update_weights", json={"path": path, "step": step})
+            resp.raise_for_status()
+            got = _as_step(resp.json().get("step", step))
+        except httpx.HTTPError as exc:
+            self._mark_down(server, exc)
+            return
+        finally:
+            server.pending = None
+        server.step = got if server.step is None or got is None else max(server.step, got)
+        await self._notify()
+
+    def min_step(self) -> int | None:
+        """The oldest weights a server that is up runs (None when none is up or one has no weights yet)."""
+        steps = [s.step for s in self.servers if s.up]
+        if not steps or any(x is None for x in steps):
+            return None
+        return min(x for x in steps if x is not None)
+
+    async def wait_all_at(self, step: int) -> None:
+        """Wait until every server that is up runs weights >= ``step`` and at least one is up."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: (m := self.min_step()) is not None and m >= step)
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    async def complete(
+        self, payload: dict[str, Any], *, min_step: int = 0, stamp: Stamp | None = None
+    ) -> list[Completion]:
+        """POST /v1/completions on a server running weights >= ``min_step``; retried and rerouted on errors."""
+        stamp = stamp if stamp is not None else Stamp()
+        n = int(payload.get("n", 1))
+        deadline = time.monotonic() + self.retry_for_s
+        while True:
+            server = await self._pick(min_step, deadline)
+            stamp.first, stamp.server, stamp.attempts = server.step, server.url, stamp.attempts + 1
+            server.inflight += n
+            try:
+                data = await self._post_completion(server, payload)
+            except (httpx.TransportError, _Retryable) as exc:
+                if isinstance(exc, httpx.TransportError):
+                    self._mark_down(server, exc)
+                self.retries += 1
+                if time.monotonic() > deadline:
+                    raise InferenceError(f"completion failed after {stamp.attempts} attempts: {exc}") from exc
+                await asyncio.sleep(self._backoff(stamp.attempts))
+                continue
+            finally:
+                server.inflight -= n
+                await self._notify()
+            stamp.last = max(x for x in (server.step, server.pending, stamp.first) if x is not None)
+            return parse_completions(data)
+
+    async def _post_completion(self, server: Server, payload: dict[str, Any]) -> dict[str, Any]:
+        resp = await self._http.post(server.url + "/v1/completions", json=payload)
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise _Retryable(f"{server.url} answered {resp.status_code}")
+        if resp.status_code >= 400:
+            raise InferenceError(f"{server.url} refused the request ({resp.status_code}): {resp.text[:200]}")
+        data: dict[str, Any] = resp.json()
+        return data
+
+    def _backoff(self, attempt: int) -> float:
+        low, high = self.backoff_s
+        return float(min(high, low * 2 ** (attempt - 1)))
+
+    async def _pick(self, min_step: int, deadline: float) -> Server:
+        """The least-loaded server ready for ``min_step``; waits for one (forever while some server is up and
+        only a weight update is missing; until ``deadline`` while none is up)."""
+        async with self._changed:
+            while True:
+                ready = [s for s in self.servers if s.ready_for(min_step)]
+                if ready:
+                    return min(ready, key=lambda s: s.inflight)
+                if not any(s.up for s in self.servers) and time.monotonic() > deadline:
+                    raise InferenceError(f"no inference server up for {self.retry_for_s:.0f} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=self.probe_every_s)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # ------------------------------------------------------------------------------------------ recovery
+
+    def _mark_down(self, server: Server, exc: BaseException) -> None:
+        if server.up:
+            log.warning("inference server %s is down (%s); rerouting its requests", server.url, exc)
+        server.up = False
+        server.failures += 1
+        if server.recovering is None or server.recovering.done():
+            server.recovering = asyncio.create_task(self._recover(server), name=f"recover-{server.url}")
+
+    async def _recover(self, server: Server) -> None:
+        """Probe a down server until it answers, bring it to the target weights, then put it back in use."""
+        while True:
+            await asyncio.sleep(self.probe_every_s)
+            try:
+                data = await self.health(server)
+                server.step = _as_step(data.get("weight_step"))
+                # the target may move while we push: loop until the server has the newest one
+                while self.target is not None and (server.step is None or server.step < self.target[1]):
+                    path, step = self.target
+                    resp = await self._http.post(
+                        server.url + "/update_weights", json={"path": path, "step": step}
+                    )
+                    resp.raise_for_status()
+                    server.step = _as_step(resp.json().get("step", step))
+            except (httpx.HTTPError, ValueError):
+                continue
+            server.up = True
+            log.warning("inference server %s is back (weights step %s)", server.url, server.step)
+            await self._notify()
+            return
+
+
+def _as_step(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,364 @@
+"""The Orchestrator: supervised asyncio tasks around one readable main loop (``Orchestrator.run``).
+
+Tasks: ``refill`` (producer: keeps ``prompts_per_step x (1 + max_async_level)`` groups in flight and starts a
+new group the moment one is absorbed), ``weights`` (polls weights/ every ~50 ms, pushes new weights to every
+server while requests are in flight, queues online evals), ``evals`` (runs them), and one short task per group.
+The main loop absorbs finished groups into the batch they were generated for and hands complete batches over.
+A background task that returns or raises stops the run (``Supervisor.watch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from intellect.errors import RunError
+from intellect.rl.orchestrator import writer
+from intellect.rl.orchestrator.bound import Verdict, judge_group, min_weight_step
+from intellect.rl.orchestrator.client import InferenceClient
+from intellect.rl.orchestrator.evals import EvalResult, eval_items, run_eval
+from intellect.rl.orchestrator.planner import BatchPlanner
+from intellect.rl.orchestrator.pools import DifficultyPools, Draw, TaskSampler
+from intellect.rl.orchestrator.rollout import GroupOutcome, Roller, SampleResult, Sampling, finalize_group
+from intellect.rl.orchestrator.telemetry import Counts, Telemetry, progress_line, step_record
+
+if TYPE_CHECKING:
+    import httpx
+
+    from intellect.recipe import EnvSpec, Recipe
+    from intellect.rl.envs.base import Environment
+    from intellect.rl.orchestrator.tokens import Tokenizer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Finished:
+    gid: str
+    target: int
+    draw: Draw
+    results: list[SampleResult] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+@dataclass
+class Kept:
+    outcome: GroupOutcome
+    rewards: list[float]
+
+
+class Supervisor:
+    """Named background tasks; ``watch`` runs a main coroutine and fails it as soon as one of them stops."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
+        self.tasks[name] = asyncio.create_task(coro, name=name)
+
+    async def watch(self, coro: Awaitable[T]) -> T:
+        main: asyncio.Task[T] = asyncio.ensure_future(coro)
+        try:
+            done, _ = await asyncio.wait({main, *self.tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            main.cancel()
+            raise
+        if main in done:
+            return main.result()
+        main.cancel()
+        await asyncio.gather(main, return_exceptions=True)
+        crashed = next(iter(done))
+        exc = None if crashed.cancelled() else crashed.exception()
+        raise RunError(
+            f"orchestrator task {crashed.get_name()!r} stopped: {exc!r}"
+            if exc
+            else f"orchestrator task {crashed.get_name()!r} returned; it must run until the end"
+        ) from exc
+
+    async def close(self) -> None:
+        tasks = list(self.tasks.values())
+        self.tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        recipe: Recipe,
+        urls: list[str],
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        tokenizer: Tokenizer | None = None,
+        env_factory: Callable[[EnvSpec], Environment] | None = None,
+        metrics_port: int | None = None,  # None: the recipe's; 0: any free port; -1: no /metrics
+        metrics_addr: str = "0.0.0.0",
+        poll_s: float = 0.05,
+        client_options: dict[str, Any] | None = None,
+        health_timeout_s: float = 600.0,
+    ) -> None:
+        self.recipe, self.urls, self.transport = recipe, urls, transport
+        self.alg = recipe.algorithm
+        self.run_dir = Path(recipe.run_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.steps = self.alg.steps
+        self.slots_n = self.alg.prompts_per_step * (1 + self.alg.max_async_level)
+        self._tokenizer, self._env_factory = tokenizer, env_factory
+        self.metrics_port = recipe.roles.orchestrator.metrics_port if metrics_port is None else metrics_port
+        self.metrics_addr, self.poll_s = metrics_addr, poll_s
+        self.client_options, self.health_timeout_s = client_options or {}, health_timeout_s
+        self.counts, self.last_counts = Counts(), Counts()
+        self.pushed = -1
+        self.pending_eval: float | None = None
+        self.groups: set[asyncio.Task[None]] = set()
+        self.telemetry = Telemetry()
+        self.bound_port: int | None = None
+
+    # ------------------------------------------------------------------------------------------ main loop
+
+    async def run(self) -> dict[str, Any]:
+        """Weights 0 and the eval before; batches handed over one by one; final weights, eval and summary."""
+        started = time.monotonic()
+        await self.open()
+        sup = Supervisor()
+        try:
+            await self.sync_weights(0)
+            await self.eval_before()
+            sup.spawn("refill", self.refill())
+            sup.spawn("weights", self.follow_weights())
+            sup.spawn("evals", self.eval_worker())
+            for step in range(self.planner.assembling, self.steps + 1):
+                groups = await sup.watch(self.assemble(step))
+                await self.hand_over(step, groups)
+            await sup.watch(self.client.wait_all_at(self.steps))
+            await sup.watch(self.eval_q.join())
+            await sup.close()
+            final = await self.evaluate(self.steps)
+            return await self.write_summary(final, time.monotonic() - started)
+        finally:
+            await sup.close()
+            await self.close()
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    async def open(self) -> None:
+        from intellect.rl.envs import make_env
+        from intellect.rl.orchestrator.tokens import load_tokenizer
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.client = InferenceClient(self.urls, transport=self.transport, **self.client_options)
+        await self.client.wait_healthy(self.health_timeout_s)
+        tok = self._tokenizer
+        if tok is None:
+            tok = await asyncio.to_thread(load_tokenizer, self.recipe.model)
+        factory = self._env_factory or make_env
+        m = self.recipe.model
+        self.roller = Roller(
+            self.client, tok, Sampling(m.max_new_tokens, m.max_seq_len, self.alg.temperature)
+        )
+        self.eval_roller = Roller(self.client, tok, Sampling(m.max_new_tokens, m.max_seq_len, 0.0))
+        self.envs: dict[str, Environment] = {}
+        train = []
+        for i, spec in enumerate(self.recipe.environments):
+            name = spec.name if spec.name not in self.envs else f"{spec.name}#{i}"
+            self.envs[name] = env = factory(spec)
+            train.append((name, await asyncio.to_thread(env.tasks, "train"), spec.weight))
+        held_out = []
+        for spec in self.recipe.evals.environments:
+            env = factory(spec)
+            held_out.append((spec.name, env, await asyncio.to_thread(env.tasks, "eval")))
+        self.eval_set = eval_items(held_out, self.recipe.evals.samples)
+        first = await asyncio.to_thread(writer.last_complete_rollouts, self.run_dir) + 1
+        self.first_batch = first
+        self.prefix = f"b{first}"  # sample ids of this session: never those of a complete batch before
+        self.pools = DifficultyPools(self.alg.difficulty)
+        self.sampler = TaskSampler(train, self.pools, random.Random(f"{m.seed}:{first}"))
+        self.planner: BatchPlanner[Kept] = BatchPlanner(first, self.steps, self.alg.prompts_per_step)
+        self.results: asyncio.Queue[Finished] = asyncio.Queue(maxsize=self.slots_n)
+        self.eval_q: asyncio.Queue[int] = asyncio.Queue(maxsize=4)
+        self.slots = asyncio.Semaphore(self.slots_n)
+        self.changed = asyncio.Event()
+        self.seq, self.last_time = 0, time.monotonic()
+        if self.metrics_port is not None and self.metrics_port >= 0:
+            self.bound_port = self.telemetry.serve(self.metrics_port, self.metrics_addr)
+        if first > 1:
+            log.info("resuming after complete batch %d", first - 1)
+
+    async def close(self) -> None:
+        for task in list(self.groups):
+            task.cancel()
+        await asyncio.gather(*self.groups, return_exceptions=True)
+        while hasattr(self, "results") and not self.results.empty():
+            self.results.get_nowait()
+        if hasattr(self, "client"):
+            await self.client.aclose()
+        self.telemetry.stop()
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    async def push_latest(self) -> int | None:
+        """Push the newest complete weights to the servers if they are newer than the last pushed."""
+        latest = await asyncio.to_thread(writer.latest_weights, self.run_dir)
+        if latest is not None and latest > self.pushed:
+            await self.client.update_weights(str(writer.weights_dir(self.run_dir, latest)), latest)
+            old, self.pushed = self.pushed, latest
+            self.queue_evals(old, latest)
+        return latest
+
+    async def sync_weights(self, step: int) -> None:
+        """Wait for weights/step_{>=step}/STABLE, push them, wait until the servers run them."""
+        while (latest := await self.push_latest()) is None or latest < step:
+            await asyncio.sleep(self.poll_s)
+        await self.client.wait_all_at(step)
+
+    async def follow_weights(self) -> None:
+        """Background: new weights go to the servers as soon as they are complete (in-flight updates)."""
+        while True:
+            await self.push_latest()
+            await asyncio.sleep(self.poll_s)
+
+    # ------------------------------------------------------------------------------------------ groups
+
+    async def refill(self) -> None:
+        """Producer: a free slot starts a group for the earliest batch that still needs one."""
+        while True:
+            await self.slots.acquire()
+            self.start_group(await self.next_target())
+
+    async def next_target(self) -> int:
+        """The earliest batch that needs a group (waits while every batch up to the last is planned)."""
+        while (target := self.planner.next_target()) is None:
+            self.changed.clear()
+            await self.changed.wait()
+        return target
+
+    def start_group(self, target: int) -> None:
+        """Draw a task and start its group, generated for batch ``target`` (the caller holds a slot)."""
+        draw = self.sampler.next()
+        self.planner.start(target)
+        self.seq += 1
+        self.counts.groups_started += 1
+        gid = f"{self.prefix}-g{self.seq}"
+        task = asyncio.create_task(self.run_group(gid, target, draw), name=f"group-{gid}")
+        self.groups.add(task)
+        task.add_done_callback(self.groups.discard)
+
+    async def run_group(self, gid: str, target: int, draw: Draw) -> None:
+        item = Finished(gid, target, draw)
+        try:
+            env = self.envs[draw.env]
+            min_step = min_weight_step(target, self.alg.max_async_level)
+            item.results = await self.roller.group(env, draw.task, self.alg.rollouts_per_prompt, min_step)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - forwarded to the main loop, which stops the run
+            item.error = exc
+        await self.results.put(item)
+
+    async def assemble(self, step: int) -> list[Kept]:
+        while not self.planner.complete(step):
+            self.absorb(await self.results.get())
+        return self.planner.take(step)
+
+    def absorb(self, item: Finished) -> None:
+        """Score bookkeeping of one finished group, then free its slot."""
+        if item.error is not None:
+            raise RunError(f"rollout group {item.gid} crashed: {item.error!r}") from item.error
+        outcome = finalize_group(item.gid, item.draw.env, item.draw.task.id, item.results)
+        self.counts.failed += outcome.failed
+        if outcome.solve_rate is not None:
+            self.pools.record(item.draw.env, item.draw.index, outcome.solve_rate)
+        self.planner.finish(item.target, self.keep(item, outcome))
+        self.slots.release()
+        self.changed.set()
+
+    def keep(self, item: Finished, outcome: GroupOutcome) -> Kept | None:
+        if outcome.all_failed:
+            self.counts.failed_groups += 1
+            return None
+        firsts = [s["weight_steps"][0] for s in outcome.samples]
+        verdict = judge_group(firsts, item.target, self.alg.max_async_level, self.alg.max_off_policy_steps)
+        if verdict is not Verdict.ACCEPT:
+            self.counts.dropped_stale += 1
+            self.sampler.reschedule(item.draw)
+            log.info(
+                "group %s (weights %d) is %s for batch %d", item.gid, min(firsts), verdict.value, item.target
+            )
+            return None
+        if outcome.degenerate:
+            self.counts.dropped_zero_adv += 1
+            return None
+        return Kept(outcome, [r.reward for r in item.results if not r.failed])
+
+    # ------------------------------------------------------------------------------------------ hand-over
+
+    async def hand_over(self, step: int, kept: list[Kept]) -> None:
+        """Write rollouts/step_N (STABLE last), then the metrics line and the progress line."""
+        samples = [s for g in kept for s in g.outcome.samples]
+        await asyncio.to_thread(writer.write_rollouts, self.run_dir, step, samples)
+        now = time.monotonic()
+        self.counts.tokens = self.roller.tokens
+        delta, self.last_counts = self.counts.minus(self.last_counts), copy.copy(self.counts)
+        rewards = [r for g in kept for r in g.rewards]
+        solve = [g.outcome.solve_rate for g in kept if g.outcome.solve_rate is not None]
+        record = step_record(step, samples, rewards, solve, delta, now - self.last_time, self.pools.counts())
+        self.last_time = now
+        if self.pending_eval is not None:
+            record["eval_accuracy"], self.pending_eval = self.pending_eval, None
+        await asyncio.to_thread(writer.append_jsonl, self.metrics_path, record)
+        self.telemetry.observe(record, self.planner.groups_in_flight)
+        print(progress_line(record, self.steps), flush=True)
+
+    # ------------------------------------------------------------------------------------------ evals
+
+    def queue_evals(self, old: int, new: int) -> None:
+        every = self.recipe.evals.every
+        if not self.eval_set or not every or new >= self.steps or old < 0:
+            return
+        if any(s % every == 0 for s in range(old + 1, new + 1)):
+            with contextlib.suppress(asyncio.QueueFull):
+                self.eval_q.put_nowait(new)
+
+    async def eval_worker(self) -> None:
+        while True:
+            step = await self.eval_q.get()
+            try:
+                await self.evaluate(step)
+            finally:
+                self.eval_q.task_done()
+
+    async def evaluate(self, step: int) -> EvalResult | None:
+        if not self.eval_set:
+            return None
+        result = await run_eval(self.eval_roller, self.eval_set, step)
+        await asyncio.to_thread(writer.append_jsonl, self.metrics_path, result.record())
+        self.telemetry.eval.set(result.accuracy)
+        self.pending_eval = result.accuracy
+        print(
+            f"eval at weights {step}: accuracy {result.accuracy:.3f} ({result.samples} prompts)", flush=True
+        )
+        return result
+
+    async def eval_before(self) -> None:
+        done = await asyncio.to_thread(writer.read_jsonl, self.metrics_path, "orchestrator")
+        if not any(r.get("kind") == "eval" and r.get("step") == 0 for r in done):
+            await self.evaluate(0)
+
+    async def write_summary(self, final: EvalResult | None, wall: float) -> dict[str, Any]:
+        from intellect.rl.orchestrator.summary import summarize
+
+        records = await asyncio.to_thread(writer.read_jsonl, self.metrics_path, "orchestrator")
+        summary = summarize(records, self.steps, final.accuracy if final else None, wall)
+        summary["first_batch_this_session"] = self.first_batch
+        await asyncio.to_thread(writer.write_json, self.run_dir / "summary.json", summary)
+        return summary

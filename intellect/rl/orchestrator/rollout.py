@@ -1,0 +1,223 @@
+"""One rollout group: G samples of one task (single- or multi-turn), scored, turned into contract samples.
+
+Tokenization and scoring run in threads (``asyncio.to_thread``), never on the event loop. An inference failure
+(after the client's retries) or a rubric error (``Score.failed``) makes a failed sample: it stays in the batch
+with an all-zero completion mask and advantage 0, and is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from intellect.rl.advantages import group_advantages, is_degenerate
+from intellect.rl.envs.base import Turn
+from intellect.rl.orchestrator.client import InferenceClient, InferenceError, Stamp
+
+if TYPE_CHECKING:
+    from intellect.rl.envs.base import Environment, Task
+    from intellect.rl.orchestrator.tokens import Tokenizer
+
+
+@dataclass
+class SampleResult:
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    transcript: list[Turn] = field(default_factory=list)
+    first: int | None = None
+    last: int | None = None
+    reward: float = 0.0
+    correct: bool = False
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def sampled_tokens(self) -> int:
+        return sum(self.mask)
+
+    def add(self, ids: list[int], lps: list[float], sampled: bool) -> None:
+        self.completion_ids += ids
+        self.logprobs += lps if sampled else [0.0] * len(ids)
+        self.mask += [1 if sampled else 0] * len(ids)
+
+    def stamp(self, stamp: Stamp, reported: tuple[int, int] | None = None) -> None:
+        """Record the weight steps of one turn: the server's own report when it gives one, else the client's."""
+        if reported is not None:
+            stamp = Stamp(first=reported[0], last=reported[1])
+        if stamp.first is not None:
+            self.first = stamp.first if self.first is None else min(self.first, stamp.first)
+        if stamp.last is not None:
+            self.last = stamp.last if self.last is None else max(self.last, stamp.last)
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int
+    max_seq_len: int
+    temperature: float
+
+
+class Roller:
+    """Generates and scores groups through one client and tokenizer."""
+
+    def __init__(self, client: InferenceClient, tokenizer: Tokenizer, sampling: Sampling) -> None:
+        self.client = client
+        self.tok = tokenizer
+        self.sampling = sampling
+        self.tokens = 0  # completion tokens sampled so far (for tokens/s)
+
+    def _payload(
+        self, ids: list[int], n: int, budget: int, env: Environment, temperature: float
+    ) -> dict[str, Any]:
+        return {
+            "prompt": ids,
+            "max_tokens": budget,
+            "temperature": temperature,
+            "n": n,
+            "logprobs": 1,
+            "stop": env.stop,
+            "seed": None,
+            "return_token_ids": True,
+        }
+
+    def _budget(self, used: int) -> int:
+        return min(self.sampling.max_new_tokens, self.sampling.max_seq_len - used)
+
+    async def group(
+        self, env: Environment, task: Task, n: int, min_step: int, temperature: float | None = None
+    ) -> list[SampleResult]:
+        """``n`` scored samples of ``task`` on weights >= ``min_step`` (one request with n, then turns)."""
+        temp = self.sampling.temperature if temperature is None else temperature
+        prompt = await asyncio.to_thread(self.tok.encode, task.prompt, True)
+        samples = [SampleResult(list(prompt)) for _ in range(n)]
+        budget = self._budget(len(prompt))
+        if budget <= 0:
+            return _fail(samples, f"prompt of {len(prompt)} tokens leaves no room under max_seq_len")
+        stamp = Stamp()
+        try:
+            comps = await self.client.complete(
+                self._payload(prompt, n, budget, env, temp), min_step=min_step, stamp=stamp
+            )
+        except InferenceError as exc:
+            return _fail(samples, f"inference: {exc}")
+        if len(comps) != n:
+            return _fail(samples, f"inference: asked n={n}, got {len(comps)} choices")
+        for sample, comp in zip(samples, comps, strict=True):
+            sample.add(comp.token_ids, comp.logprobs, sampled=True)
+            sample.stamp(stamp, comp.weight_steps)
+            self.tokens += len(comp.token_ids)
+            sample.transcript.append(
+                Turn("assistant", await asyncio.to_thread(self.tok.decode, comp.token_ids))
+            )
+        if env.max_turns > 1:
+            await asyncio.gather(*(self._more_turns(env, task, s, min_step, temp) for s in samples))
+        await asyncio.gather(*(self._score(env, task, s) for s in samples))
+        return samples
+
+    async def _more_turns(
+        self, env: Environment, task: Task, sample: SampleResult, min_step: int, temp: float
+    ) -> None:
+        """Tool reply (mask 0) then the model again, until the environment says the episode is over."""
+        for _ in range(1, env.max_turns):
+            reply = await asyncio.to_thread(env.respond, task, list(sample.transcript))
+            if reply is None:
+                return
+            tool_ids = await asyncio.to_thread(self.tok.encode, reply, False)
+            context = sample.prompt_ids + sample.completion_ids + tool_ids
+            budget = self._budget(len(context))
+            if budget <= 0:
+                return
+            sample.add(tool_ids, [], sampled=False)
+            sample.transcript.append(Turn("tool", reply))
+            stamp = Stamp()
+            try:
+                comps = await self.client.complete(
+                    self._payload(context, 1, budget, env, temp), min_step=min_step, stamp=stamp
+                )
+            except InferenceError as exc:
+                sample.error = f"inference: {exc}"
+                return
+            sample.add(comps[0].token_ids, comps[0].logprobs, sampled=True)
+            sample.stamp(stamp, comps[0].weight_steps)
+            self.tokens += len(comps[0].token_ids)
+            sample.transcript.append(
+                Turn("assistant", await asyncio.to_thread(self.tok.decode, comps[0].token_ids))
+            )
+
+    async def _score(self, env: Environment, task: Task, sample: SampleResult) -> None:
+        if sample.failed:
+            return
+        completion = next((t.text for t in reversed(sample.transcript) if t.role == "assistant"), "")
+        try:
+            score = await asyncio.to_thread(env.score, task, completion, list(sample.transcript))
+        except Exception as exc:  # noqa: BLE001 - a scoring crash is a failed sample, not a crashed run
+            sample.error = f"score: {type(exc).__name__}: {exc}"
+            return
+        if score.failed:
+            sample.error = "rubric: " + "; ".join(score.errors)
+            return
+        sample.reward, sample.correct = float(score.reward), bool(score.correct)
+
+
+def _fail(samples: list[SampleResult], error: str) -> list[SampleResult]:
+    for s in samples:
+        s.error = error
+    return samples
+
+
+# ---------------------------------------------------------------------------------------- contract samples
+
+
+@dataclass
+class GroupOutcome:
+    """What a finished group amounts to: its contract samples, or why it is dropped."""
+
+    samples: list[dict[str, Any]]
+    failed: int
+    degenerate: bool
+    all_failed: bool
+    solve_rate: float | None
+
+
+def finalize_group(
+    group_id: str, env: str, task_id: str, results: Sequence[SampleResult], normalize_std: bool = True
+) -> GroupOutcome:
+    """Advantages over the scored samples; failed samples masked with advantage 0 (pure)."""
+    scored = [r for r in results if not r.failed]
+    failed = len(results) - len(scored)
+    if not scored:
+        return GroupOutcome([], failed, degenerate=False, all_failed=True, solve_rate=None)
+    real = group_advantages([r.reward for r in scored], normalize_std=normalize_std)
+    advs = iter(real)
+    fallback = (
+        min(r.first for r in scored if r.first is not None) if any(r.first is not None for r in scored) else 0
+    )
+    samples: list[dict[str, Any]] = []
+    for i, r in enumerate(results):
+        first = r.first if r.first is not None else fallback
+        last = r.last if r.last is not None else first
+        samples.append(
+            {
+                "id": f"{group_id}-{i}",
+                "group": group_id,
+                "env": env,
+                "task_id": task_id,
+                "prompt_ids": r.prompt_ids,
+                "completion_ids": r.completion_ids,
+                "completion_logprobs": r.logprobs,
+                "completion_mask": [0] * len(r.mask) if r.failed else r.mask,
+                "reward": 0.0 if r.failed else r.reward,
+                "advantage": 0.0 if r.failed else next(advs),
+                "weight_steps": [first, last],
+            }
+        )
+    degenerate = len(scored) < 2 or is_degenerate(real)
+    solve = sum(r.correct for r in scored) / len(scored)
+    return GroupOutcome(samples, failed, degenerate=degenerate, all_failed=False, solve_rate=solve)

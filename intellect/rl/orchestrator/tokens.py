@@ -1,0 +1,48 @@
+"""The tokenizer seam: the orchestrator only encodes prompts (bos + text), decodes completions and knows eos.
+
+The tiny CPU model uses ``CharTokenizer`` from ``intellect.rl.model`` (imported lazily: that module imports
+torch); any other model name loads its Hugging Face tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from intellect.recipe import Model
+
+
+class Tokenizer(Protocol):
+    eos_token_id: int
+
+    def encode(self, text: str, bos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str: ...
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer behind the same three calls."""
+
+    def __init__(self, name: str) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok: Any = AutoTokenizer.from_pretrained(name)
+        self.eos_token_id = int(self._tok.eos_token_id)
+        self._bos = self._tok.bos_token_id
+
+    def encode(self, text: str, bos: bool = False) -> list[int]:
+        ids = list(self._tok.encode(text, add_special_tokens=False))
+        return [int(self._bos), *ids] if bos and self._bos is not None else ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        if skip_special and self.eos_token_id in ids:
+            ids = ids[: ids.index(self.eos_token_id)]
+        return str(self._tok.decode(ids, skip_special_tokens=skip_special))
+
+
+def load_tokenizer(model: Model) -> Tokenizer:
+    from intellect.rl.model import TINY_NAME, CharTokenizer
+
+    if model.name == TINY_NAME:
+        return CharTokenizer()
+    return HFTokenizer(model.name)

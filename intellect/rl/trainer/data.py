@@ -1,0 +1,202 @@
+"""What the trainer reads: rollout batches from the run directory and warm-up batches from environments.
+
+Tensors are right-padded. For a sequence of T tokens the token tensors (``loss_mask``, ``old_logprobs``) have
+T-1 columns aligned with ``forward_logprobs``: column t holds token t+1 given tokens 0..t.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from intellect.rl.model import STABLE
+
+if TYPE_CHECKING:
+    from intellect.rl.envs.base import Environment, Task
+
+log = logging.getLogger(__name__)
+
+ROLLOUTS_FILE = "rollouts.jsonl"
+_SAMPLE_KEYS = ("prompt_ids", "completion_ids", "completion_logprobs", "completion_mask", "advantage")
+
+
+@dataclass
+class Batch:
+    """Right-padded tensors of prompt + completion; ``advantages`` has one value per sample."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.input_ids, self.attention_mask, self.loss_mask, self.old_logprobs, self.advantages)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.loss_mask.sum().item())
+
+
+# ------------------------------------------------------------------------------------------------ rollouts
+
+
+def rollouts_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "rollouts" / f"step_{step}"
+
+
+def wait_for_rollouts(
+    run_dir: str | Path,
+    step: int,
+    poll_s: float = 0.05,
+    timeout_s: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[Path, float]:
+    """Poll until ``rollouts/step_N/STABLE`` exists; return the folder and the seconds waited.
+
+    A folder without STABLE is never read. Raises TimeoutError after ``timeout_s`` and InterruptedError when
+    ``should_stop`` says so.
+    """
+    folder = rollouts_dir(run_dir, step)
+    start = time.monotonic()
+    next_note = start + 30.0
+    while not (folder / STABLE).exists():
+        now = time.monotonic()
+        if timeout_s is not None and now - start > timeout_s:
+            raise TimeoutError(f"{folder}: no {STABLE} after {timeout_s:.0f} s")
+        if should_stop is not None and should_stop():
+            raise InterruptedError(f"stopped while waiting for {folder}")
+        if now >= next_note:
+            log.info("still waiting for %s (%.0f s)", folder, now - start)
+            next_note = now + 30.0
+        time.sleep(poll_s)
+    return folder, time.monotonic() - start
+
+
+def read_rollouts(folder: str | Path) -> list[dict[str, Any]]:
+    """Read and check the samples of one rollout step (the format of ``intellect.rl``'s docstring)."""
+    path = Path(folder) / ROLLOUTS_FILE
+    samples = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            sample = json.loads(line)
+            _check_sample(sample, f"{path}:{lineno}")
+            samples.append(sample)
+    return samples
+
+
+def _check_sample(sample: dict[str, Any], where: str) -> None:
+    missing = [k for k in _SAMPLE_KEYS if k not in sample]
+    if missing:
+        raise ValueError(f"{where}: rollout sample lacks {missing}")
+    n = len(sample["completion_ids"])
+    if len(sample["completion_logprobs"]) != n or len(sample["completion_mask"]) != n:
+        raise ValueError(
+            f"{where}: completion_ids, completion_logprobs and completion_mask differ in length "
+            f"({n}, {len(sample['completion_logprobs'])}, {len(sample['completion_mask'])})"
+        )
+    if not sample["prompt_ids"]:
+        raise ValueError(f"{where}: empty prompt_ids")
+
+
+def rank_slice(n: int, rank: int, world_size: int) -> slice:
+    """The contiguous share of ``n`` samples that ``rank`` trains on (sizes differ by at most one)."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def build_rl_batch(samples: Sequence[dict[str, Any]], pad_id: int) -> Batch:
+    """Right-padded tensors of prompt + completion; the loss mask is the completion mask.
+
+    An empty ``samples`` gives one dummy padding row with an all-zero mask (a data-parallel rank with no
+    sample must still run the forward and backward passes of its peers).
+    """
+    if not samples:
+        return _pad([([pad_id, pad_id], [], [], 0.0)], pad_id)
+    rows = []
+    for s in samples:
+        prompt, completion = list(s["prompt_ids"]), list(s["completion_ids"])
+        mask = [0] * (len(prompt) - 1) + [int(m) for m in s["completion_mask"]]
+        old = [0.0] * (len(prompt) - 1) + [float(x) for x in s["completion_logprobs"]]
+        rows.append((prompt + completion, mask, old, float(s["advantage"])))
+    return _pad(rows, pad_id)
+
+
+def _pad(rows: Sequence[tuple[list[int], list[int], list[float], float]], pad_id: int) -> Batch:
+    width = max(len(ids) for ids, *_ in rows)
+    n = len(rows)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    loss_mask = torch.zeros((n, width - 1), dtype=torch.long)
+    old = torch.zeros((n, width - 1), dtype=torch.float32)
+    for i, (ids, mask, old_lp, _) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[i, : len(ids)] = 1
+        loss_mask[i, : len(mask)] = torch.tensor(mask, dtype=torch.long)
+        old[i, : len(old_lp)] = torch.tensor(old_lp, dtype=torch.float32)
+    advantages = torch.tensor([adv for *_, adv in rows], dtype=torch.float32)
+    return Batch(input_ids, attention, loss_mask, old, advantages)
+
+
+def batch_stats(samples: Sequence[dict[str, Any]]) -> dict[str, float]:
+    rewards = [float(s.get("reward", 0.0)) for s in samples]
+    return {"mean_reward": sum(rewards) / len(rewards) if rewards else 0.0, "samples": float(len(samples))}
+
+
+# ------------------------------------------------------------------------------------------------ warm-up
+
+
+class WarmupSampler:
+    """Draws (prompt, reference) pairs from the training environments in proportion to their weights.
+
+    Seeded: every data-parallel rank draws the same batches. A warm-up is never resumed halfway (the first
+    checkpoint is written after it), so the sampler has no state to save.
+    """
+
+    def __init__(self, envs: Sequence[tuple[Environment, float]], seed: int = 0) -> None:
+        self.pools: list[tuple[Environment, list[Task]]] = []
+        weights = []
+        for env, weight in envs:
+            tasks = [t for t in env.tasks("train") if env.reference(t) is not None]
+            if tasks:
+                self.pools.append((env, tasks))
+                weights.append(weight)
+            else:
+                log.warning("environment %s has no reference completions; the warm-up skips it", env.name)
+        if not self.pools:
+            raise ValueError("no training environment offers reference completions for the warm-up")
+        self.weights = weights
+        self.rng = random.Random(seed)
+
+    def sample(self, n: int) -> list[tuple[str, str]]:
+        out = []
+        for _ in range(n):
+            env, tasks = self.rng.choices(self.pools, weights=self.weights)[0]
+            task = self.rng.choice(tasks)
+            out.append((task.prompt, env.reference(task) or ""))
+        return out
+
+
+def build_sft_batch(pairs: Sequence[tuple[str, str]], tokenizer: Any) -> Batch:
+    """bos + prompt + reference + eos per pair; the loss mask covers reference + eos only."""
+    rows = []
+    for prompt, reference in pairs:
+        p = tokenizer.encode(prompt, bos=True)
+        c = tokenizer.encode(reference) + [tokenizer.eos_token_id]
+        mask = [0] * (len(p) - 1) + [1] * len(c)
+        rows.append((p + c, mask, [0.0] * len(mask), 0.0))
+    return _pad(rows, tokenizer.pad_token_id)

@@ -1,0 +1,212 @@
+"""The trainer role: wait for rollouts/step_N, take one policy-gradient step, publish weights/step_N.
+
+``Trainer.run`` is the main loop: resume from the newest complete checkpoint or warm up and publish step 0,
+then for each step N train on ``rollouts/step_N`` (never before its STABLE marker exists), write
+``weights/step_N`` (STABLE last), checkpoint every ``checkpoints.every`` steps and at the end, and log one line
+to ``metrics.jsonl`` and stdout. A run killed at any point and started again continues at the step after its
+last complete checkpoint with the same numbering: it retrains the steps after that checkpoint from the same
+rollout files and rewrites their weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from intellect.rl.model import build_model, forward_logprobs, is_stable, save_weights
+from intellect.rl.trainer import checkpoint as ckpt
+from intellect.rl.trainer.data import (
+    WarmupSampler,
+    batch_stats,
+    build_rl_batch,
+    rank_slice,
+    read_rollouts,
+    wait_for_rollouts,
+)
+from intellect.rl.trainer.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    as_float,
+    barrier,
+    full_model_state,
+    full_optimizer_state,
+    load_full_state,
+    pick_device,
+    shard_model,
+)
+from intellect.rl.trainer.loss import importance_masked_pg_loss
+from intellect.rl.trainer.metrics import TrainerMetrics, append_jsonl, describe
+from intellect.rl.trainer.pretrain import supervised_warmup
+
+if TYPE_CHECKING:
+    from intellect.recipe import Recipe
+    from intellect.rl.envs.base import Environment
+
+log = logging.getLogger(__name__)
+
+EnvFactory = Callable[[], Sequence[tuple["Environment", float]]]
+
+
+def recipe_envs(recipe: Recipe) -> list[tuple[Environment, float]]:
+    """The recipe's training environments with their weights (built only when the warm-up needs them)."""
+    from intellect.rl.envs import make_env
+
+    return [(make_env(spec), spec.weight) for spec in recipe.environments]
+
+
+class Trainer:
+    """One trainer rank. ``run()`` does everything; the other public methods are its steps, for tests."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        info: DistInfo | None = None,
+        envs: EnvFactory | None = None,
+        metrics: TrainerMetrics | None = None,
+        poll_s: float = 0.05,
+        rollout_timeout_s: float | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.alg = recipe.algorithm
+        self.run_dir = Path(recipe.run_dir)
+        self.info = info or DistInfo()
+        self.device = pick_device(self.info)
+        self.envs = envs or (lambda: recipe_envs(recipe))
+        self.metrics = metrics or TrainerMetrics(self.info.rank)
+        self.poll_s, self.rollout_timeout_s = poll_s, rollout_timeout_s
+        self.model, self.tokenizer = build_model(recipe.model)
+        self.model.to(self.device)
+        if self.info.distributed:
+            shard_model(self.model)
+        self.optimizer = self._new_optimizer()
+        self.step = 0  # the last completed step; weights/step_<step> hold the current model
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.alg.learning_rate)
+
+    # ------------------------------------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        """Resume or warm up, then train every remaining step; the last step is always checkpointed."""
+        if not self.load():
+            self.warmup()
+        for step in range(self.step + 1, self.alg.steps + 1):
+            record = self.train_step(step)
+            record["weight_write_time"] = self.publish(step)
+            if step % self.recipe.checkpoints.every == 0 or step == self.alg.steps:
+                self.checkpoint(step)
+            self.report(record)
+        log.info("trainer done: %d steps in %s", self.alg.steps, self.run_dir)
+
+    # ------------------------------------------------------------------------------------------ the steps
+
+    def load(self) -> bool:
+        """Load the newest complete checkpoint, if any; return whether one was found."""
+        folder = ckpt.latest_checkpoint(self.run_dir)
+        if folder is None:
+            return False
+        model_state, optim_state, meta = ckpt.load_checkpoint(folder)
+        load_full_state(self.model, self.optimizer, model_state, optim_state)
+        self.step = int(meta["step"])
+        log.info("resumed from %s: next step %d", folder, self.step + 1)
+        if not is_stable(self.weights_dir(self.step)):
+            self.publish(self.step)
+        return True
+
+    def warmup(self) -> None:
+        """Supervised warm-up (when configured), then publish weights/step_0 and checkpoint step 0."""
+        cfg = self.alg.pretrain
+        if cfg.steps > 0:
+            sampler = WarmupSampler(self.envs(), seed=self.recipe.model.seed)
+            result = supervised_warmup(
+                self.model, self.tokenizer, sampler, steps=cfg.steps, batch_size=cfg.batch_size,
+                learning_rate=cfg.learning_rate, max_grad_norm=self.alg.max_grad_norm,
+                info=self.info, device=self.device,
+            )  # fmt: skip
+            log.info("warm-up: %d steps, loss %.4f, %.1f s", result.steps, result.loss, result.seconds)
+            if self.info.is_main:
+                append_jsonl(self.run_dir / "metrics.jsonl", {
+                    "role": "trainer", "step": 0, "phase": "warmup", "loss": result.loss,
+                    "warmup_steps": result.steps, "warmup_time": result.seconds, "tokens": result.tokens,
+                    "lr": cfg.learning_rate,
+                })  # fmt: skip
+        self.step = 0
+        self.publish(0)
+        self.checkpoint(0)
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """Wait for rollouts/step_N, take one optimizer step on them; return the step's metrics record."""
+        folder, waited = wait_for_rollouts(self.run_dir, step, self.poll_s, self.rollout_timeout_s)
+        samples = read_rollouts(folder)
+        start = time.monotonic()
+        full = build_rl_batch(samples, self.tokenizer.pad_token_id)
+        mine = samples[rank_slice(len(samples), self.info.rank, self.info.world_size)]
+        batch = build_rl_batch(mine, self.tokenizer.pad_token_id).to(self.device)
+        self.model.train()
+        logp = forward_logprobs(self.model, batch.input_ids, batch.attention_mask, self.alg.temperature)
+        masks = self.alg.masks
+        loss, stats = importance_masked_pg_loss(
+            logp, batch.old_logprobs, batch.advantages, batch.loss_mask, masks.low, masks.high,
+            normalizer=max(full.tokens, 1),
+        )  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * self.info.world_size).backward()  # FSDP averages gradients over ranks; undo it
+        grad_norm = as_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.alg.max_grad_norm))
+        self.optimizer.step()
+        self.step = step
+        total_loss, n_low, n_high, ratio_sum = all_reduce_sum(
+            [loss.item(), stats["masked_low_tokens"], stats["masked_high_tokens"], stats["ratio_sum"]],
+            self.info, self.device,
+        )  # fmt: skip
+        tokens = full.tokens
+        frac = 1.0 / max(tokens, 1)
+        return {
+            "role": "trainer", "step": step, "loss": total_loss, "masked_frac": (n_low + n_high) * frac,
+            "masked_low_frac": n_low * frac, "masked_high_frac": n_high * frac, "grad_norm": grad_norm,
+            "lr": self.optimizer.param_groups[0]["lr"], "tokens": tokens, "step_time": time.monotonic() - start,
+            "wait_time": waited, "mean_reward": batch_stats(samples)["mean_reward"], "mean_ratio": ratio_sum * frac,
+            "samples": len(samples),
+        }  # fmt: skip
+
+    def publish(self, step: int) -> float:
+        """Write weights/step_N (rank 0; STABLE last), prune old ones; return the seconds it took."""
+        start = time.monotonic()
+        state = full_model_state(self.model, self.info)
+        if self.info.is_main:
+            save_weights(state, self.weights_dir(step))
+            keep = max(self.alg.max_off_policy_steps, self.alg.max_async_level) + 2
+            ckpt.prune_weights(self.run_dir, latest=step, keep=keep)
+        barrier(self.info)
+        seconds = time.monotonic() - start
+        self.metrics.weight_write_seconds.observe(seconds)
+        return seconds
+
+    def checkpoint(self, step: int) -> Path:
+        """Write checkpoints/step_N (rank 0; STABLE last) and keep the newest ``checkpoints.keep``."""
+        model_state = full_model_state(self.model, self.info)
+        optim_state = full_optimizer_state(self.model, self.optimizer, self.info)
+        folder = self.run_dir / "checkpoints" / f"step_{step}"
+        if self.info.is_main:
+            meta = {"step": step, "next_rollout_step": step + 1, "world_size": self.info.world_size}
+            ckpt.save_checkpoint(folder, model_state, optim_state, meta)
+            ckpt.prune_checkpoints(self.run_dir, self.recipe.checkpoints.keep)
+            log.info("checkpoint %s", folder)
+        barrier(self.info)
+        return folder
+
+    def report(self, record: dict[str, Any]) -> None:
+        """One JSON line in metrics.jsonl, one readable line on stdout, the Prometheus gauges."""
+        self.metrics.observe_step(record)
+        if self.info.is_main:
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            log.info(describe(record, self.alg.steps))
+
+    def weights_dir(self, step: int) -> Path:
+        return self.run_dir / "weights" / f"step_{step}"

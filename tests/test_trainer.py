@@ -1,0 +1,230 @@
+"""The trainer role against a temporary run directory with hand-written rollouts (the contract's format).
+
+In-process tests drive ``Trainer``'s steps; the kill-and-resume test runs the real entry point
+(``python -m intellect.rl.trainer``) in a subprocess, kills it with SIGKILL, and starts it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from intellect.recipe import Recipe, validate_recipe
+from intellect.rl.envs.base import Environment, Task
+from intellect.rl.model import CharTokenizer, load_weights
+from intellect.rl.trainer.data import build_rl_batch, build_sft_batch, rank_slice
+from intellect.rl.trainer.metrics import TrainerMetrics
+from intellect.rl.trainer.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TOK = CharTokenizer()
+
+
+def make_recipe(run_dir: Path, **algorithm: Any) -> Recipe:
+    """debug-cpu, shrunk: a 2-layer model, 4 RL steps, checkpoints every 2, no warm-up unless asked."""
+    data = yaml.safe_load((ROOT / "recipes" / "debug-cpu.yaml").read_text())
+    data["run_dir"] = str(run_dir)
+    data["model"]["tiny"] = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                             "num_attention_heads": 2}  # fmt: skip
+    pretrain = algorithm.pop("pretrain", {"steps": 0})
+    data["algorithm"].update({"steps": 4, "batch_size": 16, "rollouts_per_prompt": 4, **algorithm})
+    data["algorithm"]["pretrain"] = {"batch_size": 16, **pretrain}
+    data["checkpoints"] = {"every": 2, "keep": 2}
+    return validate_recipe(data)
+
+
+def rollout_samples(step: int, n: int = 16) -> list[dict[str, Any]]:
+    """Reverse-digit rollouts of batch ``step``; old logprobs near a fresh model's (about -log 90)."""
+    rng = random.Random(step)
+    samples = []
+    for i in range(n):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 5)))
+        right = rng.random() < 0.5
+        answer = digits[::-1] if right else "".join(rng.choice("0123456789") for _ in digits)
+        completion = TOK.encode(answer) + [TOK.eos_token_id]
+        samples.append({
+            "id": f"s{step}-{i}", "group": f"g{step}-{i // 4}", "env": "reverse-digits", "task_id": f"rd-{digits}",
+            "prompt_ids": TOK.encode(digits + ">", bos=True), "completion_ids": completion,
+            "completion_logprobs": [-4.5 + rng.gauss(0, 0.6) for _ in completion],
+            "completion_mask": [1] * len(completion), "reward": 1.0 if right else 0.0,
+            "advantage": 1.0 if right else -1.0, "weight_steps": [step - 1, step - 1],
+        })  # fmt: skip
+    return samples
+
+
+def write_rollouts(run_dir: Path, step: int, stable: bool = True, text: str | None = None) -> Path:
+    folder = run_dir / "rollouts" / f"step_{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = text if text is not None else "".join(json.dumps(s) + "\n" for s in rollout_samples(step))
+    (folder / "rollouts.jsonl").write_text(lines)
+    if stable:
+        (folder / "STABLE").write_text("")
+    return folder
+
+
+class CopyEnv(Environment):
+    """A tiny local environment: repeat the prompt's letters."""
+
+    name = "copy"
+
+    def tasks(self, split: str = "train") -> Sequence[Task]:
+        rng = random.Random(split)
+        words = ["".join(rng.choice("abcdef") for _ in range(rng.randint(2, 4))) for _ in range(50)]
+        return [Task(id=w, prompt=w + ">", answer=w) for w in words]
+
+    def reference(self, task: Task) -> str:
+        return str(task.answer)
+
+
+def metric_lines(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_batch_columns_align_with_forward_logprobs() -> None:
+    # column t of the token tensors is token t+1: the completion's tokens sit at columns 2, 3, 4
+    sample = {"prompt_ids": [1, 5, 6], "completion_ids": [7, 8, 2], "completion_logprobs": [-0.1, -0.2, -0.3],
+              "completion_mask": [1, 0, 1], "advantage": 0.5}  # fmt: skip
+    short = dict(sample, prompt_ids=[1], completion_ids=[9], completion_logprobs=[-0.9], completion_mask=[1])
+    batch = build_rl_batch([sample, short], pad_id=0)
+    assert batch.input_ids.tolist() == [[1, 5, 6, 7, 8, 2], [1, 9, 0, 0, 0, 0]]
+    assert batch.attention_mask.tolist() == [[1] * 6, [1, 1, 0, 0, 0, 0]]
+    assert batch.loss_mask.tolist() == [[0, 0, 1, 0, 1], [1, 0, 0, 0, 0]]
+    assert batch.old_logprobs[0, 2:].tolist() == pytest.approx([-0.1, -0.2, -0.3])
+    assert batch.old_logprobs[1, 0].item() == pytest.approx(-0.9)
+    assert batch.advantages.tolist() == [0.5, 0.5]
+    sft = build_sft_batch([("12>", "21")], TOK)
+    assert sft.input_ids.tolist() == [[1, *TOK.encode("12>21"), 2]]
+    assert sft.loss_mask.tolist() == [[0, 0, 0, 1, 1, 1]]  # "2", "1" and eos; not bos + "12>"
+
+
+def test_rank_slices_partition_the_batch() -> None:
+    for n in (0, 1, 7, 13, 128):
+        for world in (1, 2, 3, 8):
+            parts = [list(range(n))[rank_slice(n, r, world)] for r in range(world)]
+            assert sum(parts, []) == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_steps_write_weights_checkpoints_and_metrics(tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path)
+    for step in range(1, 5):
+        write_rollouts(tmp_path, step)
+    trainer = Trainer(recipe, envs=lambda: [], metrics=TrainerMetrics())
+    trainer.run()
+    # max_off_policy_steps=2: the 4 newest weight folders stay (keep >= max_off_policy_steps + 2)
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == [f"step_{n}" for n in (1, 2, 3, 4)]
+    for step in range(1, 5):
+        assert (tmp_path / "weights" / f"step_{step}" / "STABLE").exists()
+    w1, w4 = load_weights(tmp_path / "weights" / "step_1"), load_weights(tmp_path / "weights" / "step_4")
+    assert set(w1) == set(trainer.model.state_dict())
+    assert any(not w1[k].equal(w4[k]) for k in w1)
+    # checkpoints at 0, 2, 4; keep=2 leaves the two newest complete ones
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_2", "step_4"]
+    rows = metric_lines(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    keys = {"role", "step", "loss", "masked_frac", "masked_low_frac", "masked_high_frac", "grad_norm", "lr",
+            "tokens", "step_time", "wait_time", "mean_reward"}  # fmt: skip
+    for row in rows:
+        assert keys <= set(row) and row["role"] == "trainer"
+        assert 0.0 <= row["masked_frac"] <= 1.0
+        assert row["masked_frac"] == pytest.approx(row["masked_low_frac"] + row["masked_high_frac"])
+        assert row["tokens"] == sum(len(s["completion_ids"]) for s in rollout_samples(row["step"]))
+        assert row["lr"] == recipe.algorithm.learning_rate and row["grad_norm"] > 0
+    assert 0 < rows[0]["masked_frac"] < 1  # the noisy old logprobs put some ratios outside [0.5, 5]
+
+
+def test_incomplete_rollouts_are_not_read(tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path)
+    trainer = Trainer(recipe, envs=lambda: [], metrics=TrainerMetrics(), rollout_timeout_s=0.5)
+    trainer.warmup()
+    write_rollouts(tmp_path, 1, stable=False, text="{not json, still being written")
+    with pytest.raises(TimeoutError, match="no STABLE"):
+        trainer.train_step(1)
+    assert trainer.step == 0 and not (tmp_path / "weights" / "step_1").exists()
+    write_rollouts(tmp_path, 1, stable=True)
+    record = trainer.train_step(1)
+    assert record["step"] == 1 and trainer.step == 1
+
+
+def test_warmup_learns_and_publishes_step_0(tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, pretrain={"steps": 40, "learning_rate": 3e-3})
+    trainer = Trainer(recipe, envs=lambda: [(CopyEnv(), 1.0)], metrics=TrainerMetrics())
+    trainer.warmup()
+    row = metric_lines(tmp_path)[0]
+    assert row["phase"] == "warmup" and row["warmup_steps"] == 40
+    assert row["loss"] < 2.0  # from about log(90) = 4.5 for a fresh model
+    assert (tmp_path / "weights" / "step_0" / "STABLE").exists()
+    assert (tmp_path / "checkpoints" / "step_0" / "STABLE").exists()
+    # a second trainer resumes from the step-0 checkpoint instead of warming up again
+    again = Trainer(recipe, envs=lambda: pytest.fail("the warm-up ran twice"), metrics=TrainerMetrics())
+    assert again.load() and again.step == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "intellect.rl.trainer", "--config", str(config),
+           "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "SLURM_NTASKS")}
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until metrics.jsonl has the line of ``step`` (written after weights/step_N and its checkpoint)."""
+    deadline = time.monotonic() + timeout
+    path = run_dir / "metrics.jsonl"
+    while not (path.exists() and any(r["step"] == step for r in metric_lines(run_dir))):
+        assert proc.poll() is None, f"trainer exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"step {step} did not finish"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_continues_at_the_same_step(tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, steps=5)
+    config = tmp_path / "recipe.resolved.yaml"
+    config.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    for step in (1, 2, 3):
+        write_rollouts(tmp_path, step)
+    port, log = _free_port(), tmp_path / "trainer.log"
+    proc = _start(config, port, log)
+    try:
+        _wait_for_step(tmp_path, 3, proc)
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "intellect_trainer_step 3.0" in scraped and "intellect_trainer_weight_write_seconds" in scraped
+        first_step3 = load_weights(tmp_path / "weights" / "step_3")
+        proc.send_signal(signal.SIGKILL)  # mid-run: waiting for rollouts/step_4
+        proc.wait(timeout=10)
+        assert [r["step"] for r in metric_lines(tmp_path)] == [1, 2, 3]
+        proc = _start(config, port, log)  # resumes from checkpoints/step_2: retrains step 3 only
+        for step in (4, 5):
+            write_rollouts(tmp_path, step)
+        assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [r["step"] for r in metric_lines(tmp_path)] == [1, 2, 3, 3, 4, 5]
+    assert "resumed from" in log.read_text() and "next step 3" in log.read_text()
+    again_step3 = load_weights(tmp_path / "weights" / "step_3")
+    for name, tensor in first_step3.items():  # model and optimizer state both came back
+        assert tensor.equal(again_step3[name]), name
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_4", "step_5"]

@@ -1,0 +1,450 @@
+"""Unit tests of the orchestrator's parts: the bound, pools, planner, advantages/drops, writer, client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from intellect.recipe import Difficulty, validate_recipe
+from intellect.rl.envs.base import Environment, Rubric, Task, Turn
+from intellect.rl.orchestrator import writer
+from intellect.rl.orchestrator.bound import Verdict, judge, judge_group, min_weight_step, off_policy_lag
+from intellect.rl.orchestrator.client import InferenceClient, InferenceError, Stamp
+from intellect.rl.orchestrator.fake import CoinFlipEnv, DigitTokenizer, FakeCluster, FakeServer
+from intellect.rl.orchestrator.loop import Finished, Orchestrator
+from intellect.rl.orchestrator.planner import BatchPlanner
+from intellect.rl.orchestrator.pools import DifficultyPools, Draw, TaskSampler, classify
+from intellect.rl.orchestrator.rollout import Roller, SampleResult, Sampling, finalize_group
+from intellect.rl.orchestrator.summary import summarize
+from intellect.rl.orchestrator.telemetry import Counts, step_record
+
+# ------------------------------------------------------------------------------------------------ bound
+
+
+def test_min_weight_step() -> None:
+    assert [min_weight_step(n, 1) for n in (1, 2, 3, 10)] == [0, 0, 1, 8]
+    assert [min_weight_step(n, 0) for n in (1, 2, 3)] == [0, 1, 2]  # k=0: batch N on weights N-1
+    assert min_weight_step(3, 8) == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "verdict"),
+    [
+        (9, Verdict.ACCEPT),
+        (8, Verdict.ACCEPT),
+        (7, Verdict.BEYOND_ASYNC),
+        (6, Verdict.BEYOND_ASYNC),
+        (5, Verdict.STALE),
+        (0, Verdict.STALE),
+    ],
+)
+def test_judge_batch_10_k2_off3(first: int, verdict: Verdict) -> None:
+    # batch 10, k=1: weights >= 8 allowed; max_off_policy_steps=3: weights < 6 are stale
+    assert judge(first, 10, 1, 3) is verdict
+
+
+def test_judge_group_uses_oldest_sample() -> None:
+    assert judge_group([9, 8, 9], 10, 1, 1) is Verdict.ACCEPT
+    assert judge_group([9, 7, 9], 10, 1, 1) is Verdict.STALE
+    assert off_policy_lag(7, 10) == 2
+
+
+# ------------------------------------------------------------------------------------------------ pools
+
+
+def test_classify_thresholds() -> None:
+    assert classify(1.0, 0.9, 0.1) == "easy"
+    assert classify(0.9, 0.9, 0.1) == "normal"  # strictly above
+    assert classify(0.1, 0.9, 0.1) == "normal"  # strictly below
+    assert classify(0.0, 0.9, 0.1) == "hard"
+
+
+def _tasks(n: int) -> list[Task]:
+    return [Task(id=f"t{i}", prompt=str(i), answer=None) for i in range(n)]
+
+
+def test_pools_move_tasks_and_sampler_mixes_fractions() -> None:
+    pools = DifficultyPools(Difficulty(easy_above=0.9, hard_below=0.1, easy_fraction=0.2, hard_fraction=0.3))
+    for i in range(10):
+        pools.record("a", i, 1.0)
+    for i in range(10, 20):
+        pools.record("a", i, 0.0)
+    pools.record("a", 20, 0.5)
+    pools.record("a", 10, 0.5)  # a hard task solved half the time becomes normal
+    assert pools.counts() == {"easy": 10, "normal": 2, "hard": 9}
+    assert 10 not in pools.members("a", "hard")
+    sampler = TaskSampler([("a", _tasks(100), 1.0)], pools, random.Random(0))
+    drawn = Counter(sampler.next().pool for _ in range(4000))
+    assert 0.17 < drawn["easy"] / 4000 < 0.23
+    assert 0.27 < drawn["hard"] / 4000 < 0.33
+    assert drawn["normal"] > 1600  # unseen tasks count as normal
+
+
+def test_sampler_environment_weights_and_reschedule() -> None:
+    pools = DifficultyPools(Difficulty())
+    sampler = TaskSampler([("a", _tasks(5), 3.0), ("b", _tasks(5), 1.0)], pools, random.Random(1))
+    envs = Counter(sampler.next().env for _ in range(4000))
+    assert 0.72 < envs["a"] / 4000 < 0.78
+    again = Draw("b", 2, _tasks(5)[2], "normal")
+    sampler.reschedule(again)
+    assert sampler.next() == again
+
+
+def test_sampler_without_easy_tasks_draws_normal() -> None:
+    pools = DifficultyPools(Difficulty(easy_fraction=1.0, hard_fraction=0.0))
+    sampler = TaskSampler([("a", _tasks(10), 1.0)], pools, random.Random(0))
+    assert {sampler.next().pool for _ in range(50)} == {"normal"}
+
+
+# ------------------------------------------------------------------------------------------------ planner
+
+
+def test_planner_targets_earliest_batch_and_refills_drops() -> None:
+    plan: BatchPlanner[str] = BatchPlanner(first=1, last=3, groups_per_batch=2)
+    targets = []
+    for _ in range(6):
+        t = plan.next_target()
+        assert t is not None
+        plan.start(t)
+        targets.append(t)
+    assert targets == [1, 1, 2, 2, 3, 3] and plan.next_target() is None
+    plan.finish(2, "a")
+    plan.finish(1, None)  # dropped: batch 1 needs another group
+    assert plan.next_target() == 1
+    plan.start(1)
+    plan.finish(1, "b")
+    assert not plan.complete(1)
+    with pytest.raises(ValueError):
+        plan.take(1)
+    plan.finish(1, "c")
+    assert plan.take(1) == ["b", "c"]
+    assert plan.assembling == 2 and plan.groups_in_flight == 3
+    with pytest.raises(ValueError):
+        plan.start(1)
+
+
+# ------------------------------------------------------------------------------------------- advantages
+
+
+def _result(reward: float, first: int = 3, error: str | None = None, correct: bool = False) -> SampleResult:
+    r = SampleResult([1, 5], [6, 7, 2], [-0.1, -0.2, -0.3], [1, 1, 1], first=first, last=first + 1)
+    r.reward, r.error, r.correct = reward, error, correct
+    return r
+
+
+def test_finalize_group_advantages_and_masked_failures() -> None:
+    out = finalize_group(
+        "g1", "env", "t1", [_result(1.0, correct=True), _result(0.0), _result(0.5, error="x")]
+    )
+    assert [s["id"] for s in out.samples] == ["g1-0", "g1-1", "g1-2"]
+    advs = [s["advantage"] for s in out.samples]
+    assert advs[0] == pytest.approx(1.0) and advs[1] == pytest.approx(-1.0) and advs[2] == 0.0
+    assert out.samples[2]["completion_mask"] == [0, 0, 0] and out.samples[2]["reward"] == 0.0
+    assert out.samples[0]["completion_mask"] == [1, 1, 1]
+    assert out.samples[0]["weight_steps"] == [3, 4]
+    assert out.failed == 1 and not out.degenerate and out.solve_rate == 0.5
+
+
+def test_finalize_group_degenerate_and_all_failed() -> None:
+    assert finalize_group("g", "e", "t", [_result(1.0), _result(1.0)]).degenerate
+    assert finalize_group("g", "e", "t", [_result(1.0), _result(0.0, error="x")]).degenerate  # one scored
+    gone = finalize_group("g", "e", "t", [_result(1.0, error="x")])
+    assert gone.all_failed and gone.samples == []
+
+
+def _orchestrator(tmp_path: Path, **alg: Any) -> Orchestrator:
+    recipe = validate_recipe(
+        {
+            "name": "unit",
+            "cluster": {"nodes": 2, "gpus_per_node": 0},
+            "roles": {"trainer": {"nodes": 1}, "inference": {"nodes": 1, "backend": "embedded"}},
+            "model": {"name": "tiny-char-llama", "max_seq_len": 32, "max_new_tokens": 6},
+            "algorithm": {
+                "steps": 5,
+                "batch_size": 8,
+                "rollouts_per_prompt": 4,
+                "learning_rate": 1e-3,
+                **alg,
+            },
+            "environments": [{"name": "coin-flip"}],
+            "run_dir": str(tmp_path),
+        }
+    )
+    orch = Orchestrator(recipe, ["http://x:1"], metrics_port=-1)
+    orch.pools = DifficultyPools(recipe.algorithm.difficulty)
+    orch.sampler = TaskSampler([("coin-flip", _tasks(4), 1.0)], orch.pools)
+    return orch
+
+
+def test_keep_drops_stale_and_zero_advantage_groups(tmp_path: Path) -> None:
+    orch = _orchestrator(tmp_path, max_async_level=1, max_off_policy_steps=2)
+    draw = Draw("coin-flip", 1, _tasks(4)[1], "normal")
+    fresh = [_result(1.0, first=3), _result(0.0, first=3)]
+    item = Finished("g1", 5, draw, fresh)
+    assert orch.keep(item, finalize_group("g1", "e", "t", fresh)) is not None
+    old = [_result(1.0, first=3), _result(0.0, first=2)]  # batch 5, k=1: weights >= 3 only
+    assert orch.keep(Finished("g2", 5, draw, old), finalize_group("g2", "e", "t", old)) is None
+    assert orch.counts.dropped_stale == 1 and orch.sampler.next() == draw  # rescheduled
+    flat = [_result(1.0, first=4), _result(1.0, first=4)]
+    assert orch.keep(Finished("g3", 5, draw, flat), finalize_group("g3", "e", "t", flat)) is None
+    assert orch.counts.dropped_zero_adv == 1
+    failed = [_result(1.0, error="boom")]
+    assert orch.keep(Finished("g4", 5, draw, failed), finalize_group("g4", "e", "t", failed)) is None
+    assert orch.counts.failed_groups == 1 and orch.counts.dropped_stale == 1
+
+
+# ------------------------------------------------------------------------------------------------ writer
+
+
+def test_writer_contract_format_stable_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    real_replace = writer.os.replace
+
+    def spy(src: Any, dst: Any) -> None:
+        seen.append((Path(dst).parent / writer.STABLE).exists())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(writer.os, "replace", spy)
+    out = finalize_group("g1", "env", "t1", [_result(1.0), _result(0.0)])
+    folder = writer.write_rollouts(tmp_path, 1, out.samples)
+    assert seen == [False] and (folder / writer.STABLE).exists()
+    lines = [json.loads(x) for x in (folder / writer.ROLLOUTS_FILE).read_text().splitlines()]
+    keys = {
+        "id",
+        "group",
+        "env",
+        "task_id",
+        "prompt_ids",
+        "completion_ids",
+        "completion_logprobs",
+        "completion_mask",
+        "reward",
+        "advantage",
+        "weight_steps",
+    }
+    assert all(set(x) == keys for x in lines) and len(lines) == 2
+    with pytest.raises(FileExistsError):
+        writer.write_rollouts(tmp_path, 1, out.samples)
+
+
+def test_writer_resume_points(tmp_path: Path) -> None:
+    for n in (1, 2, 4):
+        writer.write_rollouts(tmp_path, n, [])
+    writer.rollouts_dir(tmp_path, 3).mkdir()  # incomplete: no STABLE
+    assert writer.last_complete_rollouts(tmp_path) == 2
+    writer.write_rollouts(tmp_path, 3, [])  # replaces the incomplete folder
+    assert writer.last_complete_rollouts(tmp_path) == 4
+    (tmp_path / "weights" / "step_0").mkdir(parents=True)
+    assert writer.latest_weights(tmp_path) is None
+    (tmp_path / "weights" / "step_0" / writer.STABLE).write_text("")
+    (tmp_path / "weights" / "step_7").mkdir()
+    assert writer.latest_weights(tmp_path) == 0
+
+
+def test_summary_and_step_record() -> None:
+    samples = finalize_group("g", "e", "t", [_result(1.0, first=2), _result(0.0, first=3)]).samples
+    rec = step_record(4, samples, [1.0, 0.0], [0.5], Counts(dropped_zero_adv=2, tokens=60), 2.0, {"easy": 1})
+    assert rec["off_policy_lag_max"] == 1 and rec["off_policy_lag_mean"] == 0.5
+    assert rec["reward_mean"] == 0.5 and rec["tokens_per_s"] == 30.0 and rec["dropped_zero_adv"] == 2
+    steps = [{"kind": "step", "step": i, "reward_mean": i / 10, "failed": 1} for i in range(1, 11)]
+    evals = [{"kind": "eval", "step": 0, "eval_accuracy": 0.25}]
+    out = summarize(steps + evals, 10, 0.75, 12.0)
+    assert out["reward_first"] == pytest.approx(0.3) and out["reward_last"] == pytest.approx(0.8)
+    assert out["eval_before"] == 0.25 and out["eval_after"] == 0.75 and out["failed"] == 10
+
+
+# ------------------------------------------------------------------------------------------------ client
+
+
+def _cluster(n: int = 2, **kw: Any) -> FakeCluster:
+    return FakeCluster([FakeServer(f"http://s{i}:80", [3, 4], eos=2, **kw) for i in range(n)])
+
+
+def _client(transport: httpx.AsyncBaseTransport, urls: list[str], **kw: Any) -> InferenceClient:
+    opts = {"retry_for_s": 1.0, "probe_every_s": 0.01, "backoff_s": (0.001, 0.01), **kw}
+    return InferenceClient(urls, transport=transport, **opts)
+
+
+PAYLOAD = {"prompt": [1, 3], "max_tokens": 4, "temperature": 1.0, "n": 2, "logprobs": 1}
+
+
+def test_client_retries_on_another_server_and_recovers_weights() -> None:
+    async def go() -> None:
+        cluster = _cluster(2, restart_step=0)
+        client = _client(cluster.transport, cluster.urls)
+        await client.wait_healthy(5)
+        await client.update_weights("/w/step_3", 3)
+        dead = cluster.servers["http://s0:80"]
+        dead.kill()
+        stamps = [Stamp() for _ in range(4)]
+        outs = await asyncio.gather(*(client.complete(PAYLOAD, min_step=3, stamp=s) for s in stamps))
+        assert all(len(o) == 2 and len(o[0].token_ids) == len(o[0].logprobs) for o in outs)
+        assert all(s.server == "http://s1:80" and s.first == 3 for s in stamps)
+        dead.restart()  # back on weights 0: the client pushes step 3 before using it again
+        for _ in range(200):
+            if client.servers[0].up:
+                break
+            await asyncio.sleep(0.01)
+        assert client.servers[0].up and client.servers[0].step == 3 and dead.updates[-1] == 3
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_client_spreads_by_least_inflight() -> None:
+    async def go() -> None:
+        cluster = _cluster(2, latency=lambda rng: 0.02)
+        client = _client(cluster.transport, cluster.urls)
+        await client.wait_healthy(5)
+        await client.update_weights("/w", 0)
+        await asyncio.gather(*(client.complete(PAYLOAD) for _ in range(10)))
+        assert [s.served for s in cluster.servers.values()] == [5, 5]
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_client_gives_up_when_all_down_and_refuses_client_errors() -> None:
+    calls = Counter[str]()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls[request.url.path] += 1
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "ok", "weight_step": 0})
+        if request.url.host == "bad":
+            return httpx.Response(400, json={"error": "bad request"})
+        raise httpx.ConnectError("refused", request=request)
+
+    async def go() -> None:
+        transport = httpx.MockTransport(handler)
+        client = _client(transport, ["http://down:1"], retry_for_s=0.2)
+        await client.wait_healthy(5)
+        with pytest.raises(InferenceError):
+            await client.complete(PAYLOAD)
+        assert calls["/v1/completions"] >= 1 and client.retries >= 1
+        await client.aclose()
+        calls.clear()
+        client = _client(transport, ["http://bad:1"])
+        await client.wait_healthy(5)
+        with pytest.raises(InferenceError, match="400"):
+            await client.complete(PAYLOAD)
+        assert calls["/v1/completions"] == 1  # no retry of a client error
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_client_retries_503_and_waits_for_min_step() -> None:
+    state = {"fail": 2, "step": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "ok", "weight_step": state["step"]})
+        if request.url.path == "/update_weights":
+            await asyncio.sleep(0.05)
+            state["step"] = json.loads(request.content)["step"]
+            return httpx.Response(200, json={"step": state["step"]})
+        if state["fail"]:
+            state["fail"] -= 1
+            return httpx.Response(503)
+        await asyncio.sleep(0.02)
+        ids = [3, 2]
+        body = {"choices": [{"index": 0, "token_ids": ids, "logprobs": {"token_logprobs": [-1.0, -2.0]}}]}
+        return httpx.Response(200, json=body)
+
+    async def go() -> None:
+        client = _client(httpx.MockTransport(handler), ["http://one:1"])
+        await client.wait_healthy(5)
+        stamp = Stamp()
+        waiting = asyncio.create_task(client.complete({**PAYLOAD, "n": 1}, min_step=1, stamp=stamp))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # no server on weights >= 1 yet
+        await client.update_weights("/w/step_1", 1)
+        out = await waiting
+        assert out[0].token_ids == [3, 2] and stamp.first == 1 and stamp.attempts == 3
+        # an update in flight while a request runs: last is the step being applied
+        stamp2 = Stamp()
+        req = asyncio.create_task(client.complete({**PAYLOAD, "n": 1}, stamp=stamp2))
+        await asyncio.sleep(0.001)
+        update = asyncio.create_task(client.update_weights("/w/step_2", 2))
+        await req
+        await update
+        assert stamp2.first == 1 and stamp2.last == 2
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+# ------------------------------------------------------------------------------------------------ rollouts
+
+
+def _boom(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
+    raise RuntimeError("broken rubric")
+
+
+class Echo(Environment):
+    """Two-turn: after the model's first turn the tool says '9>', then the model answers again."""
+
+    name = "echo"
+    max_turns = 2
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__()
+        self.rubric = Rubric([(_boom, 1.0)] if broken else [(lambda t, c, tr: float(len(tr)), 1.0)])
+
+    def respond(self, task: Task, transcript: Sequence[Turn]) -> str | None:
+        return "9>" if len(transcript) == 1 else None
+
+
+def test_roller_multi_turn_masks_tool_tokens_and_rubric_errors_fail() -> None:
+    async def go() -> None:
+        cluster = _cluster(1)
+        client = _client(cluster.transport, cluster.urls)
+        await client.wait_healthy(5)
+        await client.update_weights("/w", 0)
+        roller = Roller(client, DigitTokenizer(), Sampling(max_new_tokens=4, max_seq_len=32, temperature=1.0))
+        task = Task(id="t", prompt="12>", answer=None)
+        good = await roller.group(Echo(), task, 3, min_step=0)
+        for s in good:
+            assert not s.failed and s.reward == 3.0  # assistant, tool, assistant
+            tool_at = s.mask.index(0)
+            assert s.completion_ids[tool_at : tool_at + 2] == DigitTokenizer().encode("9>")
+            assert s.mask.count(0) == 2 and s.logprobs[tool_at] == 0.0
+            assert len(s.completion_ids) == len(s.logprobs) == len(s.mask)
+        bad = await roller.group(Echo(broken=True), task, 2, min_step=0)
+        assert all(s.failed and "broken rubric" in (s.error or "") for s in bad)
+        assert finalize_group("g", "echo", "t", bad).all_failed
+        coin = await roller.group(CoinFlipEnv(), CoinFlipEnv().tasks()[0], 4, min_step=0)
+        assert all(s.prompt_ids[0] == 1 and s.first == s.last == 0 for s in coin)
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_import_pulls_no_torch() -> None:
+    code = "import sys, intellect.rl.orchestrator.loop; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_server_reported_weight_steps_win_over_the_client_stamp() -> None:
+    from intellect.rl.orchestrator.client import parse_completions
+
+    choice = {"index": 0, "token_ids": [3], "logprobs": {"token_logprobs": [-0.5]}, "weight_steps": [4, 5]}
+    (comp,) = parse_completions({"choices": [choice]})
+    assert comp.weight_steps == (4, 5)
+    sample = SampleResult([1])
+    sample.stamp(Stamp(first=3, last=3), comp.weight_steps)
+    assert (sample.first, sample.last) == (4, 5)
+    with pytest.raises(InferenceError):
+        parse_completions({"choices": [{**choice, "logprobs": {"token_logprobs": []}}]})
