@@ -136,6 +136,10 @@ class Algorithm(Strict):
     masks: Masks = Field(default_factory=Masks, description="Importance-ratio masks on both sides.")
     difficulty: Difficulty = Field(default_factory=Difficulty, description="Online difficulty filter.")
     pretrain: Pretrain = Field(default_factory=Pretrain, description="Supervised warm-up before RL.")
+    shuffle_rewards: bool = Field(
+        False,
+        description="Control experiment: permute rewards within each group; a run like this must not learn.",
+    )
 
     @property
     def prompts_per_step(self) -> int:

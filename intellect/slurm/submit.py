@@ -10,6 +10,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,26 @@ class Submission:
 
     def done(self) -> bool:
         return bool(self.job.done())
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Point fds 1 and 2 at ``path`` while a child is spawned, so its output (and its traceback on Ctrl-C)
+    goes to the run's folder instead of the user's terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with path.open("ab") as fh:
+        try:
+            os.dup2(fh.fileno(), 1)
+            os.dup2(fh.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def choose_executor(requested: Executor) -> str:
@@ -94,7 +115,11 @@ def submit(plan: Plan, script: Path, executor: str, timeout_min: int) -> Submiss
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(timeout_min=timeout_min)
     try:
-        job = ex.submit(run_batch_script, str(script), env)
+        if executor == "local":
+            with _output_to(folder / "controller.log"):  # submitit's controller inherits our stdout/stderr
+                job = ex.submit(run_batch_script, str(script), env)
+        else:
+            job = ex.submit(run_batch_script, str(script), env)
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or exc.output or b"").decode(errors="replace").strip().splitlines()
         raise SlurmError(f"sbatch refused the job: {detail[-1] if detail else exc}") from exc

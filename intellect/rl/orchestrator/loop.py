@@ -123,6 +123,7 @@ class Orchestrator:
         self.groups: set[asyncio.Task[None]] = set()
         self.telemetry = Telemetry()
         self.bound_port: int | None = None
+        self.control_rng = random.Random(recipe.model.seed)
 
     # ------------------------------------------------------------------------------------------ main loop
 
@@ -274,6 +275,8 @@ class Orchestrator:
         """Score bookkeeping of one finished group, then free its slot."""
         if item.error is not None:
             raise RunError(f"rollout group {item.gid} crashed: {item.error!r}") from item.error
+        if self.alg.shuffle_rewards:
+            self.shuffle_rewards(item.results)
         outcome = finalize_group(item.gid, item.draw.env, item.draw.task.id, item.results)
         self.counts.failed += outcome.failed
         if outcome.solve_rate is not None:
@@ -281,6 +284,14 @@ class Orchestrator:
         self.planner.finish(item.target, self.keep(item, outcome))
         self.slots.release()
         self.changed.set()
+
+    def shuffle_rewards(self, results: list[SampleResult]) -> None:
+        """Control experiment: rewards permuted within the group, so they no longer follow the completions."""
+        scored = [r for r in results if not r.failed]
+        rewards = [r.reward for r in scored]
+        self.control_rng.shuffle(rewards)
+        for r, reward in zip(scored, rewards, strict=True):
+            r.reward = reward
 
     def keep(self, item: Finished, outcome: GroupOutcome) -> Kept | None:
         if outcome.all_failed:
