@@ -1,0 +1,482 @@
+"""Continuous-batching decode engine of the embedded inference server (CPU, tiny models).
+
+One worker thread runs the decode loop; the asyncio server only submits work and awaits futures, so torch never
+blocks the event loop. Each iteration of the loop:
+
+1. applies pending weight updates (between two decode steps), then rebuilds the KV cache of the sequences in
+   flight with the new weights, so every token sampled after the update is exactly what the new weights give;
+2. admits queued sequences up to ``max_batch`` (one prefill for all of them, merged into the batch's KV cache);
+3. runs one decode step for every sequence in flight, samples one token each, and retires the finished ones.
+
+The batch's KV cache is left-padded: each row's tokens sit in the right-most columns, the attention mask marks
+them, and positions come from the mask (as in ``intellect.rl.model.forward_logprobs``), so logprobs agree with the
+trainer's whatever the padding. Logprobs are ``log_softmax(logits / T)``; greedy (T = 0) reports T = 1.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from intellect.rl.model import positions
+
+if TYPE_CHECKING:
+    from intellect.rl.inference.metrics import InferenceMetrics
+    from intellect.rl.model import CharTokenizer
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What one sequence asks for. ``temperature == 0`` is greedy."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass
+class Completion:
+    """One finished sequence. ``token_ids`` include the eos or stop-string tokens; ``text`` does not."""
+
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str
+    weight_steps: tuple[int, int]
+
+
+@dataclass
+class EngineStats:
+    """Counters for tests and benchmarks (the Prometheus metrics carry the same facts)."""
+
+    decode_steps: int = 0
+    prefills: int = 0
+    tokens: int = 0
+    max_batch_seen: int = 0
+    updates: int = 0
+
+
+@dataclass
+class _Seq:
+    prompt: list[int]
+    params: SamplingParams
+    max_new: int
+    rng: random.Random
+    future: Future[Completion]
+    out: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    finish: str | None = None
+    text: str | None = None
+
+
+@dataclass
+class _Update:
+    state: dict[str, torch.Tensor]
+    step: int
+    future: Future[int]
+
+
+class EngineStopped(RuntimeError):
+    """The engine was stopped while the work was queued or in flight."""
+
+
+class Engine:
+    """Keeps up to ``max_batch`` sequences in flight; new ones join at the next decode step."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: CharTokenizer,
+        *,
+        max_batch: int,
+        max_seq_len: int,
+        weight_step: int = -1,
+        seed: int = 0,
+        metrics: InferenceMetrics | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_seq_len = max_seq_len
+        self.metrics = metrics
+        self.stats = EngineStats()
+        self._weight_step = weight_step
+        self._seeds = random.Random(seed)
+        self._cond = threading.Condition()
+        self._queue: deque[_Seq] = deque()
+        self._updates: deque[_Update] = deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._active: list[_Seq] = []
+        self._cache: Any = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long)
+        self._pending = torch.zeros(0, dtype=torch.long)
+        if metrics is not None:
+            metrics.weight_step.set(weight_step)
+
+    # ------------------------------------------------------------------------------------------- public
+
+    @property
+    def weight_step(self) -> int:
+        return self._weight_step
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inference-decode-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, prompt: list[int], params: SamplingParams, choice: int = 0) -> Future[Completion]:
+        """Queue one sequence; the future resolves when it finishes. ValueError if it cannot fit."""
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        room = self.max_seq_len - len(prompt)
+        if room < 1:
+            raise ValueError(f"the prompt has {len(prompt)} tokens; model.max_seq_len is {self.max_seq_len}")
+        if params.max_tokens < 1:
+            raise ValueError("max_tokens must be ≥ 1")
+        seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
+        fut: Future[Completion] = Future()
+        seq = _Seq(list(prompt), params, min(params.max_tokens, room), random.Random(f"{seed}:{choice}"), fut)
+        with self._cond:
+            if self._stopping:
+                raise EngineStopped("the inference engine is stopping")
+            self._queue.append(seq)
+            self._cond.notify_all()
+        return fut
+
+    def update_weights(self, state: dict[str, torch.Tensor], step: int) -> Future[int]:
+        """Swap in new weights between two decode steps; the future resolves with ``step`` once applied."""
+        check_state(self.model, state)
+        fut: Future[int] = Future()
+        with self._cond:
+            if self._stopping:
+                raise EngineStopped("the inference engine is stopping")
+            self._updates.append(_Update(state, step, fut))
+            self._cond.notify_all()
+        return fut
+
+    # ---------------------------------------------------------------------------------------- the loop
+
+    def _run(self) -> None:
+        with torch.no_grad():
+            while True:
+                work = self._next_work()
+                if work is None:
+                    break
+                updates, new = work
+                try:
+                    self._iteration(updates, new)
+                except Exception as exc:  # a failed step fails its sequences, not the server
+                    self._fail(self._active + new, exc)
+                    for upd in updates:
+                        _resolve(upd.future, exc=exc)
+                    self._reset_batch()
+        stopped = EngineStopped("the inference engine stopped")
+        with self._cond:
+            queued, self._queue = list(self._queue), deque()
+            updates_left, self._updates = list(self._updates), deque()
+        self._fail(self._active + queued, stopped)
+        for upd in updates_left:
+            _resolve(upd.future, exc=stopped)
+
+    def _next_work(self) -> tuple[list[_Update], list[_Seq]] | None:
+        with self._cond:
+            while not (self._stopping or self._queue or self._updates or self._active):
+                self._cond.wait()
+            if self._stopping:
+                return None
+            updates, self._updates = list(self._updates), deque()
+            new: list[_Seq] = []
+            while self._queue and len(self._active) + len(new) < self.max_batch:
+                seq = self._queue.popleft()
+                if not seq.future.cancelled():
+                    new.append(seq)
+            return updates, new
+
+    def _iteration(self, updates: list[_Update], new: list[_Seq]) -> None:
+        for upd in updates:
+            self._apply_update(upd)
+        if new:
+            self._admit(new)
+        if self._active:
+            self._decode()
+        if self.metrics is not None:
+            self.metrics.in_flight.set(len(self._active) + len(self._queue))
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def _apply_update(self, upd: _Update) -> None:
+        start = time.perf_counter()
+        try:
+            load_state(self.model, upd.state)
+        except Exception as exc:
+            _resolve(upd.future, exc=exc)
+            return
+        self._weight_step = upd.step
+        self.stats.updates += 1
+        if self._active:  # the cached keys/values came from the old weights: recompute them
+            contexts = [s.prompt + s.out[:-1] for s in self._active]
+            self._cache, self._mask, _ = self._prefill(contexts)
+        if self.metrics is not None:
+            self.metrics.weight_step.set(upd.step)
+            self.metrics.apply_seconds.observe(time.perf_counter() - start)
+        _resolve(upd.future, result=upd.step)
+
+    def _admit(self, new: list[_Seq]) -> None:
+        cache, mask, logits = self._prefill([s.prompt for s in new])
+        tokens = self._sample(new, logits)
+        if self._active:
+            self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
+            self._pending = torch.cat([self._pending, tokens])
+        else:
+            self._cache, self._mask, self._pending = cache, mask, tokens
+        self._active.extend(new)
+        self._retire()
+
+    def _decode(self) -> None:
+        batch = len(self._active)
+        mask = torch.cat([self._mask, torch.ones(batch, 1, dtype=torch.long)], dim=1)
+        pos = self._mask.sum(-1, keepdim=True)
+        out = self.model(
+            input_ids=self._pending.unsqueeze(-1),
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        self._cache, self._mask = out.past_key_values, mask
+        self._pending = self._sample(self._active, out.logits[:, -1])
+        self.stats.decode_steps += 1
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, batch)
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(batch)
+        self._retire()
+
+    def _prefill(self, contexts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Left-padded forward over whole contexts: (KV cache, mask, logits of the last position)."""
+        width = max(len(c) for c in contexts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], dtype=torch.long)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions(mask),
+            past_key_values=_new_cache(),
+            use_cache=True,
+        )
+        self.stats.prefills += 1
+        return out.past_key_values, mask, out.logits[:, -1]
+
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> torch.Tensor:
+        """One token per row (greedy where T = 0, else inverse-CDF with the row's own RNG); record logprobs."""
+        logits = logits.float()
+        temps = torch.tensor([s.params.temperature or 1.0 for s in seqs]).unsqueeze(-1)
+        logp = F.log_softmax(logits / temps, dim=-1)
+        greedy = torch.tensor([s.params.temperature == 0 for s in seqs])
+        uniform = torch.tensor([0.0 if s.params.temperature == 0 else s.rng.random() for s in seqs])
+        cdf = logp.exp().cumsum(-1)
+        target = (uniform.clamp(min=1e-12) * cdf[:, -1]).unsqueeze(-1)
+        drawn = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+        tokens = torch.where(greedy, logits.argmax(-1), drawn)
+        chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        for seq, tok, lp in zip(seqs, tokens.tolist(), chosen.tolist(), strict=True):
+            self._append(seq, tok, lp)
+        if self.metrics is not None:
+            self.metrics.tokens.inc(len(seqs))
+        self.stats.tokens += len(seqs)
+        return tokens
+
+    def _append(self, seq: _Seq, token: int, logprob: float) -> None:
+        seq.out.append(token)
+        seq.logprobs.append(logprob)
+        seq.steps.append(self._weight_step)
+        if token == self.tokenizer.eos_token_id and not seq.params.ignore_eos:
+            seq.finish = "stop"
+        elif seq.params.stop:
+            text = self.tokenizer.decode(seq.out)
+            hits = [i for i in (text.find(s) for s in seq.params.stop) if i >= 0]
+            if hits:
+                seq.finish, seq.text = "stop", text[: min(hits)]
+        if seq.finish is None and len(seq.out) >= seq.max_new:
+            seq.finish = "length"
+
+    def _retire(self) -> None:
+        keep = [i for i, s in enumerate(self._active) if s.finish is None and not s.future.cancelled()]
+        if len(keep) == len(self._active):
+            return
+        for seq in self._active:
+            if seq.finish is not None:
+                _resolve(seq.future, result=self._completion(seq))
+        if not keep:
+            self._reset_batch()
+            return
+        idx = torch.tensor(keep, dtype=torch.long)
+        self._active = [self._active[i] for i in keep]
+        self._pending = self._pending.index_select(0, idx)
+        self._cache, self._mask = _select(self._cache, self._mask, idx)
+
+    def _completion(self, seq: _Seq) -> Completion:
+        text = seq.text if seq.text is not None else self.tokenizer.decode(seq.out)
+        return Completion(
+            prompt_token_ids=seq.prompt,
+            token_ids=seq.out,
+            logprobs=seq.logprobs,
+            text=text,
+            finish_reason=seq.finish or "length",
+            weight_steps=(seq.steps[0], seq.steps[-1]),
+        )
+
+    def _reset_batch(self) -> None:
+        self._active, self._cache = [], None
+        self._mask = torch.zeros(0, 0, dtype=torch.long)
+        self._pending = torch.zeros(0, dtype=torch.long)
+
+    def _fail(self, seqs: list[_Seq], exc: BaseException) -> None:
+        for seq in seqs:
+            _resolve(seq.future, exc=exc)
+
+
+# ------------------------------------------------------------------------------------- KV-cache surgery
+
+
+class _GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are views of a buffer with spare room: a decode step writes one column
+    in place instead of copying the whole cache (HF's ``torch.cat``). Assigning ``keys``/``values`` from outside
+    (merge, select) is allowed: the next update notices and re-buffers."""
+
+    _kbuf: torch.Tensor | None = None
+    _vbuf: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        assert self.keys is not None and self.values is not None
+        keys, values, kbuf, vbuf = self.keys, self.values, self._kbuf, self._vbuf
+        length = self.get_seq_length()  # 0 right after lazy_initialization (a 1-D empty tensor)
+        end = length + key_states.shape[-2]
+        if (
+            kbuf is None
+            or vbuf is None
+            or keys.data_ptr() != kbuf.data_ptr()  # keys were replaced (merge, select)
+            or kbuf.shape[0] != key_states.shape[0]
+            or kbuf.shape[-2] < end
+        ):
+            kbuf = self._kbuf = _with_room(keys, key_states, 2 * end)
+            vbuf = self._vbuf = _with_room(values, value_states, 2 * end)
+        kbuf[:, :, length:end] = key_states
+        vbuf[:, :, length:end] = value_states
+        self.keys, self.values = kbuf[:, :, :end], vbuf[:, :, :end]
+        return self.keys, self.values
+
+
+def _with_room(old: torch.Tensor, like: torch.Tensor, capacity: int) -> torch.Tensor:
+    buf = like.new_zeros(like.shape[0], like.shape[1], capacity, like.shape[3])
+    if old.numel():
+        buf[:, :, : old.shape[-2]] = old
+    return buf
+
+
+def _new_cache() -> Any:
+    cache = DynamicCache.__new__(DynamicCache)
+    Cache.__init__(cache, layer_class_to_replicate=_GrowingLayer)
+    return cache
+
+
+def _merge(
+    cache_a: Any, mask_a: torch.Tensor, cache_b: Any, mask_b: torch.Tensor
+) -> tuple[Any, torch.Tensor]:
+    """Stack two left-padded batches: pad the shorter one on the left, concatenate along the batch."""
+    width = max(mask_a.shape[1], mask_b.shape[1])
+    for layer_a, layer_b in zip(cache_a.layers, cache_b.layers, strict=True):
+        layer_a.keys = torch.cat([_left_pad(layer_a.keys, width), _left_pad(layer_b.keys, width)])
+        layer_a.values = torch.cat([_left_pad(layer_a.values, width), _left_pad(layer_b.values, width)])
+    mask = torch.cat([_left_pad(mask_a, width), _left_pad(mask_b, width)])
+    return cache_a, mask
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the sequence dimension (-2 for keys/values [B, H, L, D], -1 for masks [B, L]) on the left."""
+    dim = -1 if t.dim() == 2 else -2
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _select(cache: Any, mask: torch.Tensor, idx: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """Keep the rows ``idx``, then drop the left columns that no kept row uses."""
+    mask = mask.index_select(0, idx)
+    used = mask.any(0).nonzero()
+    start = int(used[0]) if len(used) else mask.shape[1]
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
+        layer.values = layer.values.index_select(0, idx)[:, :, start:]
+    return cache, mask[:, start:]
+
+
+# ------------------------------------------------------------------------------------------- weights
+
+
+def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """ValueError naming the first mismatch if ``state`` does not fit ``model``."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise ValueError(
+            f"weights do not fit the served model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise ValueError(f"weights do not fit the served model: {name} has shape {tuple(tensor.shape)}")
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Point each parameter and buffer at the loaded tensor (no copy; a cast only where dtypes differ).
+
+    The caller checked the names and shapes (``check_state``); the loaded tensors are fresh, never shared."""
+    named: dict[str, torch.Tensor] = dict(model.named_parameters())
+    named.update(model.named_buffers())
+    for name, tensor in state.items():
+        target = named[name]
+        target.data = tensor if tensor.dtype == target.dtype else tensor.to(target.dtype)
+
+
+def _resolve(fut: Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except InvalidStateError:  # cancelled by the client in the meantime
+        pass

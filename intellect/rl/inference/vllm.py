@@ -1,0 +1,252 @@
+"""The vLLM backend (GPU nodes): vLLM's OpenAI server behind a thin proxy that speaks the rest of our API.
+
+Layout on an inference node::
+
+    clients ──> proxy  HOST:PORT          /update_weights, /health (weight_step), /metrics; the rest forwarded
+                  └──> vLLM 127.0.0.1:PORT+1  python -m vllm.entrypoints.openai.api_server ...
+                         --worker-extension-cls intellect.rl.inference.vllm.WeightReloadExtension
+
+``POST /update_weights {path, step}`` checks the STABLE marker, then calls vLLM's dev-mode ``/collective_rpc``
+(``VLLM_SERVER_DEV_MODE=1``) so that every worker runs ``WeightReloadExtension.reload_weights(path)`` between
+two engine steps (requests in flight carry on with the new weights), then resets the prefix cache.
+vllm is never imported by this module at import time: the worker extension runs inside vLLM's workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+if TYPE_CHECKING:
+    from intellect.recipe import Recipe
+
+log = logging.getLogger(__name__)
+EXTENSION = "intellect.rl.inference.vllm.WeightReloadExtension"
+RELOAD_METHOD = "reload_weights"
+UPSTREAM_HOST = "127.0.0.1"
+HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+def upstream_port(port: int) -> int:
+    """vLLM listens on loopback, one port above the public one."""
+    return port + 1
+
+
+def vllm_argv(recipe: Recipe, port: int, python: str = sys.executable) -> list[str]:
+    """The command line of vLLM's OpenAI server for this recipe (pure; quoted by the caller if ever shown)."""
+    inf, model = recipe.roles.inference, recipe.model
+    return [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model.name,
+        "--served-model-name",
+        model.name,
+        "--host",
+        UPSTREAM_HOST,
+        "--port",
+        str(port),
+        "--tensor-parallel-size",
+        str(inf.tensor_parallel),
+        "--data-parallel-size",
+        str(inf.data_parallel),
+        "--dtype",
+        model.dtype,
+        "--max-model-len",
+        str(model.max_seq_len),
+        "--max-num-seqs",
+        str(inf.max_batch),
+        "--seed",
+        str(model.seed),
+        "--worker-extension-cls",
+        EXTENSION,
+    ]
+
+
+def vllm_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """vLLM's environment: dev mode on, for ``/collective_rpc`` and ``/reset_prefix_cache``."""
+    env = dict(os.environ if base is None else base)
+    env["VLLM_SERVER_DEV_MODE"] = "1"
+    return env
+
+
+class WeightReloadExtension:
+    """Mixed into vLLM's GPU workers (``--worker-extension-cls``): reload weights from our safetensors folder."""
+
+    model_runner: Any  # provided by the vLLM worker this class is mixed into
+
+    def reload_weights(self, path: str) -> int:
+        from intellect.rl.model import load_weights
+
+        state = load_weights(path)
+        self.model_runner.model.load_weights(weights=state.items())
+        return len(state)
+
+
+# ----------------------------------------------------------------------------------------------- proxy
+
+
+class _Proxy:
+    def __init__(self, upstream: str, model_name: str, client: httpx.AsyncClient) -> None:
+        self.upstream, self.model_name, self.client = upstream, model_name, client
+        self.weight_step = -1
+        self._lock = asyncio.Lock()
+
+    async def update(self, path_str: str, step: int) -> tuple[int, dict[str, Any]]:
+        from intellect.rl.model import STABLE
+
+        path = Path(path_str)
+        if not path.is_dir():
+            return 404, _error(404, f"{path}: no such weights folder")
+        if not (path / STABLE).exists():
+            return 409, _error(
+                409, f"{path}: no {STABLE} marker, the weights are incomplete; post again later"
+            )
+        async with self._lock:
+            rpc = {"method": RELOAD_METHOD, "args": [str(path.resolve())], "timeout": 600}
+            resp = await self.client.post("/collective_rpc", json=rpc, timeout=660)
+            if resp.status_code != 200:
+                return 502, _error(
+                    502, f"vLLM refused the weight reload: {resp.status_code} {resp.text[:300]}"
+                )
+            await self.client.post("/reset_prefix_cache", timeout=60)
+            self.weight_step = step
+        return 200, {"step": step}
+
+    async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> httpx.Response:
+        if method == "POST" and path.startswith("/v1/") and body:
+            body = self._with_model(body)
+        kept = {k: v for k, v in headers.items() if k.lower() not in HOP_HEADERS}
+        return await self.client.request(method, path, headers=kept, content=body, timeout=None)
+
+    def _with_model(self, body: bytes) -> bytes:
+        """Fill a missing ``model`` (the embedded server needs none; vLLM does)."""
+        import json
+
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body
+        if isinstance(data, dict) and not data.get("model"):
+            data["model"] = self.model_name
+            return json.dumps(data).encode()
+        return body
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "code": status}}
+
+
+def create_proxy_app(
+    upstream: str, model_name: str, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """The public app in front of vLLM. ``transport`` lets unit tests stand in for vLLM."""
+    client = httpx.AsyncClient(base_url=upstream, transport=transport, timeout=None)
+    proxy = _Proxy(upstream, model_name, client)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(title="intellect vLLM proxy", lifespan=lifespan)
+    app.state.proxy = proxy
+
+    @app.post("/update_weights")
+    async def update_weights(request: Request) -> JSONResponse:
+        body = await request.json()
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("path"), str)
+            or not isinstance(body.get("step"), int)
+        ):
+            return JSONResponse(_error(422, "expected {'path': str, 'step': int}"), status_code=422)
+        status, out = await proxy.update(body["path"], body["step"])
+        return JSONResponse(out, status_code=status)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            resp = await client.get("/health", timeout=10)
+        except httpx.HTTPError as exc:
+            return JSONResponse({"status": "down", "error": str(exc)}, status_code=503)
+        if resp.status_code != 200:
+            return JSONResponse({"status": "down", "upstream": resp.status_code}, status_code=503)
+        return JSONResponse({"status": "ok", "weight_step": proxy.weight_step})
+
+    @app.api_route("/{path:path}", methods=["GET", "POST"])
+    async def passthrough(path: str, request: Request) -> Response:
+        resp = await proxy.forward(request.method, "/" + path, dict(request.headers), await request.body())
+        kept = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS | {"content-encoding"}}
+        return Response(resp.content, status_code=resp.status_code, headers=kept)
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------- launch
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 1800.0) -> None:
+    """Poll vLLM's /health until it answers 200; RuntimeError if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"vLLM exited with status {proc.returncode} before it was healthy")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        time.sleep(2)
+    raise RuntimeError(f"vLLM at {url} was not healthy after {timeout:.0f} s")
+
+
+def launch(recipe: Recipe, host: str, port: int) -> int:
+    """Start vLLM, wait for it, push the run's newest STABLE weights if any, serve the proxy; stop vLLM on exit."""
+    import uvicorn
+
+    from intellect.rl.inference.server import latest_weights
+
+    inner = upstream_port(port)
+    upstream = f"http://{UPSTREAM_HOST}:{inner}"
+    argv = vllm_argv(recipe, inner)
+    log.info("starting vLLM: %s", " ".join(argv))
+    proc = subprocess.Popen(argv, env=vllm_env())
+    try:
+        wait_healthy(upstream, proc)
+        app = create_proxy_app(upstream, recipe.model.name)
+        latest = latest_weights(recipe.run_dir)
+        if latest is not None:
+            status, out = asyncio.run(_initial_update(upstream, recipe.model.name, latest))
+            log.info("initial weights of step %d: %s %s", latest[0], status, out)
+            if status == 200:
+                app.state.proxy.weight_step = latest[0]
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0
+
+
+async def _initial_update(
+    upstream: str, model_name: str, latest: tuple[int, Path]
+) -> tuple[int, dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=upstream, timeout=None) as client:
+        return await _Proxy(upstream, model_name, client).update(str(latest[1]), latest[0])

@@ -1,0 +1,107 @@
+"""Opt-in: the vLLM backend for real (GPU node with vllm installed). Skipped elsewhere.
+
+A tiny Llama plus a WordLevel character tokenizer is written as an HF folder (no download); vLLM serves it behind
+our proxy; the logprobs it returns are compared with ``forward_logprobs`` before and after ``/update_weights``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("vllm")
+
+from intellect.recipe import Recipe, validate_recipe  # noqa: E402
+from intellect.rl.inference.server import BackgroundServer  # noqa: E402
+from intellect.rl.inference.vllm import (  # noqa: E402
+    create_proxy_app,
+    upstream_port,
+    vllm_argv,
+    vllm_env,
+    wait_healthy,
+)
+from intellect.rl.model import CharTokenizer, build_model, forward_logprobs, save_weights  # noqa: E402
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "debug-cpu.yaml"
+ATOL = 2e-3  # vLLM's kernels on the GPU vs the CPU reference, float32
+
+
+def hf_folder(path: Path, seed: int) -> torch.nn.Module:
+    """A tiny Llama saved with save_pretrained, plus an HF tokenizer with the char tokenizer's vocabulary."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    data = yaml.safe_load(RECIPE.read_text())
+    data["run_dir"] = str(path)
+    data["model"]["seed"] = seed
+    model, tok = build_model(validate_recipe(data).model)
+    model.save_pretrained(path)  # type: ignore[operator]
+    word = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tok.vocab)}, unk_token="<pad>"))
+    word.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=word, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+    fast.save_pretrained(path)
+    return model
+
+
+def gpu_recipe(run_dir: Path, model_dir: Path) -> Recipe:
+    data = yaml.safe_load(RECIPE.read_text())
+    data["run_dir"] = str(run_dir)
+    data["cluster"]["gpus_per_node"] = 1
+    data["roles"]["inference"].update(backend="vllm", port=18311)
+    data["model"] = {"name": str(model_dir), "max_seq_len": 64, "max_new_tokens": 16, "dtype": "float32"}
+    return validate_recipe(data)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Recipe, torch.nn.Module]]:
+    root = tmp_path_factory.mktemp("vllm")
+    model = hf_folder(root / "model", seed=0)
+    recipe = gpu_recipe(root / "run", root / "model")
+    inner = upstream_port(recipe.roles.inference.port)
+    proc = subprocess.Popen(vllm_argv(recipe, inner), env=vllm_env())
+    try:
+        wait_healthy(f"http://127.0.0.1:{inner}", proc, timeout=900)
+        with BackgroundServer(create_proxy_app(f"http://127.0.0.1:{inner}", recipe.model.name)) as srv:
+            yield srv.url, recipe, model
+    finally:
+        proc.terminate()
+        proc.wait(120)
+
+
+def check_parity(model: torch.nn.Module, choice: dict[str, Any]) -> None:
+    ids = torch.tensor([choice["prompt_token_ids"] + choice["token_ids"]])
+    with torch.no_grad():
+        ref = forward_logprobs(model.float(), ids, torch.ones_like(ids))[
+            0, len(choice["prompt_token_ids"]) - 1 :
+        ]
+    got = torch.tensor(choice["logprobs"]["token_logprobs"])
+    assert torch.allclose(got, ref, atol=ATOL), (got - ref).abs().max()
+
+
+def test_vllm_serves_our_api_and_reloads_weights(
+    served: tuple[str, Recipe, torch.nn.Module], tmp_path: Path
+) -> None:
+    url, recipe, model = served
+    tok = CharTokenizer()
+    body = {"prompt": tok.encode("12+3=", bos=True), "max_tokens": 8, "temperature": 1.0, "logprobs": 1}
+    body |= {"return_token_ids": True, "seed": 0, "ignore_eos": True}
+    with httpx.Client(base_url=url, timeout=300) as c:
+        assert c.get("/health").json() == {"status": "ok", "weight_step": -1}
+        first = c.post("/v1/completions", json=body).json()["choices"][0]
+        check_parity(model, first)
+        new = hf_folder(tmp_path / "new", seed=7)
+        step = save_weights(new.state_dict(), Path(recipe.run_dir) / "weights" / "step_1")
+        assert c.post("/update_weights", json={"path": str(step), "step": 1}).json() == {"step": 1}
+        assert c.get("/health").json()["weight_step"] == 1
+        after = c.post("/v1/completions", json=body).json()["choices"][0]
+        check_parity(new, after)
