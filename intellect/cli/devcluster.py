@@ -1,0 +1,86 @@
+"""``intellect dev-cluster up | status | down``: a several-node Slurm cluster on this machine (needs root)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from intellect.cli.output import data_console, emit_json, status
+
+
+def _cluster(state_dir: Path | None):  # type: ignore[no-untyped-def]
+    from intellect.devcluster.cluster import DevCluster, default_state_dir
+
+    return DevCluster(state_dir or default_state_dir())
+
+
+STATE_DIR = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="INTELLECT_DEVCLUSTER_DIR",
+    show_envvar=True,
+    help="Where the nodes, inventory and shared folder live [default: /var/lib/intellect/devcluster].",
+)
+
+
+@click.group("dev-cluster")
+def dev_cluster() -> None:
+    """N systemd-nspawn nodes on a private bridge, provisioned by the production playbooks."""
+
+
+@dev_cluster.command("up")
+@click.option("--nodes", "count", type=int, default=3, show_default=True, help="Number of nodes.")
+@STATE_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the provision recap as JSON on stdout.")
+def up_cmd(count: int, state_dir: Path | None, as_json: bool) -> None:
+    """Boot the nodes (or keep the running ones) and provision them; idempotent, cleans up a failed run."""
+    from intellect.cli.provision import provision
+
+    cluster = _cluster(state_dir)
+    start = time.monotonic()
+    try:
+        cluster.boot(count, status)
+        provision(cluster.inventory_dir, as_json=as_json)
+    except BaseException:
+        status(f"dev-cluster up failed; the nodes stay up for inspection (see {cluster.state_dir}/logs)")
+        raise
+    status(
+        f"dev cluster ready in {time.monotonic() - start:.0f} s: slurmctld+slurmdbd on node1, "
+        f"Prometheus on {cluster.net.node_addr(1)}:9090; shared folder {cluster.shared_dir}"
+    )
+
+
+@dev_cluster.command("status")
+@STATE_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status_cmd(state_dir: Path | None, as_json: bool) -> None:
+    """Show the nodes, their addresses and whether they run and answer on SSH."""
+    from intellect.devcluster.cluster import require_root_and_tools
+
+    require_root_and_tools()
+    info = _cluster(state_dir).status()
+    if as_json:
+        emit_json(info)
+        return
+    if not info["up"]:
+        status("no dev cluster (start one: intellect dev-cluster up --nodes 3)")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"dev cluster in {info['state_dir']}", title_justify="left")
+    for col in ("node", "address", "running", "ssh"):
+        table.add_column(col)
+    for n in info["nodes"]:
+        table.add_row(n["name"], n["address"], "yes" if n["running"] else "NO", "yes" if n["ssh"] else "NO")
+    data_console().print(table)
+    status(f"inventory: {info['inventory']}  shared: {info['shared']}  login: {info['ssh']}")
+
+
+@dev_cluster.command("down")
+@STATE_DIR
+def down_cmd(state_dir: Path | None) -> None:
+    """Stop every node; remove mounts, bridge, cgroups and state (the shared folder stays)."""
+    _cluster(state_dir).teardown(status)
