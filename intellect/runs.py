@@ -105,3 +105,17 @@ def cancel(job_id: str) -> dict[str, Any]:
     except SlurmError as exc:
         raise SlurmError(f"scancel {job_id}: {exc.message}") from exc
     return entry
+
+
+def requeue_on(nodes: list[str]) -> list[str]:
+    """Requeue our running launches that hold any of ``nodes``; they restart on healthy nodes and resume
+    from their last checkpoint. One squeue call, then one scontrol call per affected job."""
+    ours = {e["job_id"] for e in launches() if e["executor"] == "slurm"}
+    hit = [
+        j.job_id
+        for j in query_jobs(all_users=True)
+        if j.job_id in ours and j.state == "RUNNING" and set(j.nodelist) & set(nodes)
+    ]
+    for job_id in hit:
+        slurm.run(["scontrol", "requeue", job_id])
+    return hit

@@ -12,9 +12,11 @@ import sys
 import click
 
 from intellect import __version__
+from intellect.cli.devcluster import dev_cluster
 from intellect.cli.jobs import cancel_cmd, jobs_cmd, logs_cmd
 from intellect.cli.launch import launch_cmd
 from intellect.cli.nodes import drain_cmd, nodes_cmd, resume_cmd, why_cmd
+from intellect.cli.provision import provision_cmd
 from intellect.cli.output import error_line
 from intellect.errors import IntellectError
 
@@ -31,7 +33,18 @@ def cli(debug: bool) -> None:
         os.environ["INTELLECT_DEBUG"] = "1"
 
 
-for command in (launch_cmd, nodes_cmd, drain_cmd, resume_cmd, why_cmd, jobs_cmd, logs_cmd, cancel_cmd):
+for command in (
+    launch_cmd,
+    nodes_cmd,
+    drain_cmd,
+    resume_cmd,
+    why_cmd,
+    jobs_cmd,
+    logs_cmd,
+    cancel_cmd,
+    provision_cmd,
+    dev_cluster,
+):
     cli.add_command(command)
 
 

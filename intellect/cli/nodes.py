@@ -46,14 +46,26 @@ def nodes_cmd(states: tuple[str, ...], as_json: bool) -> None:
 @click.command("drain")
 @click.argument("nodes")
 @click.option("--reason", required=True, help="Why: stored as '[intellect] <user> <UTC time>: REASON'.")
+@click.option("--requeue", is_flag=True, help="Also requeue our launches running there (they resume elsewhere).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
-def drain_cmd(nodes: str, reason: str, as_json: bool) -> None:
+def drain_cmd(nodes: str, reason: str, requeue: bool, as_json: bool) -> None:
     """Drain NODES (a hostlist) with a reason; running jobs finish, no new job lands."""
     from intellect.slurm.nodes import expand_nodes
     from intellect.slurm.ops import drain
 
-    result = drain(expand_nodes(nodes), reason)
+    names = expand_nodes(nodes)
+    result = drain(names, reason)
+    requeued: list[str] = []
+    if requeue and result.changed:
+        from intellect.runs import requeue_on
+
+        requeued = requeue_on(result.changed)
+    if as_json:
+        emit_json({**result.to_json(), "requeued": requeued})
+        return
     _report("drained", result, as_json)
+    for job_id in requeued:
+        status(f"requeued job {job_id}: it restarts on healthy nodes from its last checkpoint")
 
 
 @click.command("resume")

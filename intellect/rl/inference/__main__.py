@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="default: roles.inference.port + offset")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from intellect.rl.placement import announce
+
+    announce("inference")
     try:
         recipe = load_recipe(args.config)
     except IntellectError as exc:

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from intellect.rl.placement import announce
+
+    announce("orchestrator")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     from intellect.recipe import load_recipe
     from intellect.rl.orchestrator.loop import Orchestrator

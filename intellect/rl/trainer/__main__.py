@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format=f"%(asctime)s trainer[{info.rank}] %(levelname)s %(message)s",
     )
+    from intellect.rl.placement import announce
+
+    announce("trainer")
     init_distributed(info, recipe.roles.trainer.port, pick_device(info))
     from intellect.rl.trainer.metrics import TrainerMetrics
     from intellect.rl.trainer.train import Trainer
