@@ -46,7 +46,9 @@ def nodes_cmd(states: tuple[str, ...], as_json: bool) -> None:
 @click.command("drain")
 @click.argument("nodes")
 @click.option("--reason", required=True, help="Why: stored as '[intellect] <user> <UTC time>: REASON'.")
-@click.option("--requeue", is_flag=True, help="Also requeue our launches running there (they resume elsewhere).")
+@click.option(
+    "--requeue", is_flag=True, help="Also requeue our launches running there (they resume elsewhere)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
 def drain_cmd(nodes: str, reason: str, requeue: bool, as_json: bool) -> None:
     """Drain NODES (a hostlist) with a reason; running jobs finish, no new job lands."""

@@ -19,8 +19,9 @@ STEPS = 30
 
 
 def _job_fields(cluster, job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
-                         env=cluster.env()).stdout
+    out = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, env=cluster.env()
+    ).stdout
     return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
 
 
@@ -52,8 +53,12 @@ def test_rl_on_slurm_requeues_after_drain_and_resumes(slurm_cluster, tmp_path: P
         time.sleep(0.5)
     first = _placement(run_dir)
     # each role runs on the node the plan gives it (read back from Slurm's allocation and the role logs)
-    alloc = subprocess.run(["scontrol", "show", "hostnames", _job_fields(slurm_cluster, job)["NodeList"]],
-                           capture_output=True, text=True, env=slurm_cluster.env()).stdout.split()
+    alloc = subprocess.run(
+        ["scontrol", "show", "hostnames", _job_fields(slurm_cluster, job)["NodeList"]],
+        capture_output=True,
+        text=True,
+        env=slurm_cluster.env(),
+    ).stdout.split()
     assert [first["trainer"], first["inference"]] == alloc
     assert _nodes_in_log(run_dir / "logs" / "trainer-0.log", "trainer") == [first["trainer"]]
     assert _nodes_in_log(run_dir / "logs" / "inference-0.log", "inference") == [first["inference"]]
