@@ -16,8 +16,8 @@ from intellect.cli.devcluster import dev_cluster
 from intellect.cli.jobs import cancel_cmd, jobs_cmd, logs_cmd
 from intellect.cli.launch import launch_cmd
 from intellect.cli.nodes import drain_cmd, nodes_cmd, resume_cmd, why_cmd
-from intellect.cli.provision import provision_cmd
 from intellect.cli.output import error_line
+from intellect.cli.provision import provision_cmd
 from intellect.errors import IntellectError
 
 CONTEXT = {"auto_envvar_prefix": "INTELLECT", "help_option_names": ["-h", "--help"], "show_default": True}
