@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -21,8 +21,12 @@ from intellect.slurm.plan import Plan, make_plan
 from intellect.slurm.render import render_sbatch
 from intellect.slurm.submit import Executor, Submission, choose_executor, submit
 
+if TYPE_CHECKING:
+    from intellect.health.gate import GateResult
+
 SCRIPT_NAME = "launch.sbatch"
 RECORD_NAME = "launch.json"
+GATE_NAME = "health-gate.json"  # the gate's findings, or that --no-health-gate overrode it
 
 
 @dataclass
@@ -33,14 +37,33 @@ class Prepared:
 
 
 def prepare(
-    recipe_path: str | Path, run_dir: str | None = None, exclude: list[str] | None = None
+    recipe_path: str | Path,
+    run_dir: str | None = None,
+    exclude: list[str] | None = None,
+    excluded_reasons: dict[str, str] | None = None,
 ) -> Prepared:
     """Validate and render; pure apart from reading the recipe. Used by --dry-run and by launch."""
     recipe = load_recipe(recipe_path)
     run_dir_abs = str(Path(run_dir or recipe.run_dir).absolute())
     recipe = recipe.model_copy(update={"run_dir": run_dir_abs})
-    plan = make_plan(recipe, run_dir_abs, exclude=exclude)
+    plan = make_plan(recipe, run_dir_abs, exclude=exclude, excluded_reasons=excluded_reasons)
     return Prepared(recipe=recipe, plan=plan, script=render_sbatch(plan))
+
+
+def gated_prepare(
+    recipe_path: str | Path,
+    run_dir: str | None = None,
+    prometheus_url: str | None = None,
+    health_gate: bool = True,
+    strict: bool = True,
+) -> tuple[Prepared, GateResult]:
+    """Run the health gate (one sinfo, one Prometheus query), then prepare with its exclusions.
+
+    ``strict`` (a real launch) raises LaunchError when the gate cannot vouch for enough nodes."""
+    from intellect.health.gate import run_gate
+
+    gate = run_gate(load_recipe(recipe_path), prometheus_url, enabled=health_gate, strict=strict)
+    return prepare(recipe_path, run_dir, exclude=gate.exclude, excluded_reasons=gate.reasons), gate
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -76,10 +99,16 @@ def launch(
     executor: Executor = "auto",
     resume: bool = False,
     exclude: list[str] | None = None,
+    prometheus_url: str | None = None,
+    health_gate: bool = True,
 ) -> tuple[Prepared, Submission]:
     prep = prepare(recipe_path, run_dir, exclude=exclude)
     chosen = choose_executor(executor)  # before touching the run dir: an unreachable Slurm changes nothing
+    gate = _gate(prep, recipe_path, run_dir, exclude, chosen, prometheus_url, health_gate)
+    if gate.exclude:
+        prep = prepare(recipe_path, run_dir, sorted({*(exclude or []), *gate.exclude}), gate.reasons)
     script = write_run_dir(prep, resume)
+    (Path(prep.plan.run_dir) / GATE_NAME).write_text(json.dumps(gate.to_json(), indent=2))
     sub = submit(prep.plan, script, chosen, time_minutes(prep.recipe))
     record = {
         "job_id": sub.job_id,
@@ -89,10 +118,30 @@ def launch(
         "user": getpass.getuser(),
         "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "plan": prep.plan.to_json(),
+        "health_gate": gate.to_json() if gate is not None else None,
     }
     (Path(prep.plan.run_dir) / RECORD_NAME).write_text(json.dumps(record, indent=2))
     runs.remember(record, prep.plan.run_dir)
     return prep, sub
+
+
+def _gate(
+    prep: Prepared,
+    recipe_path: str | Path,
+    run_dir: str | None,
+    exclude: list[str] | None,
+    chosen: str,
+    prometheus_url: str | None,
+    health_gate: bool,
+) -> GateResult:
+    """On Slurm the gate fails closed (LaunchError) before anything is written or submitted."""
+    from intellect.health.gate import DISABLED, SKIPPED, GateResult, run_gate
+
+    if chosen != "slurm":
+        if not health_gate:
+            return GateResult(DISABLED, "health gate disabled (--no-health-gate)")
+        return GateResult(SKIPPED, "local executor: no Slurm nodes to check")
+    return run_gate(prep.recipe, prometheus_url, enabled=health_gate, strict=True)
 
 
 def role_exits(run_dir: str | Path) -> dict[str, list[int]]:

@@ -22,8 +22,26 @@ from intellect.cli.output import emit_json, status_console
     "--run-dir", default=None, show_envvar=True, help="Run directory (default: the recipe's run_dir)."
 )
 @click.option("--resume", is_flag=True, help="Continue the run already in the run directory.")
+@click.option(
+    "--prometheus",
+    "prometheus_url",
+    envvar="INTELLECT_PROMETHEUS_URL",
+    show_envvar=True,
+    default=None,
+    help="Prometheus for the health gate (default: the recipe's cluster.health.prometheus_url).",
+)
+@click.option(
+    "--no-health-gate", is_flag=True, help="Launch without the health gate (recorded in the run directory)."
+)
 def launch_cmd(
-    recipe: str, dry_run: bool, as_json: bool, executor: str, run_dir: str | None, resume: bool
+    recipe: str,
+    dry_run: bool,
+    as_json: bool,
+    executor: str,
+    run_dir: str | None,
+    resume: bool,
+    prometheus_url: str | None,
+    no_health_gate: bool,
 ) -> None:
     """Launch RECIPE (a recipes/*.yaml file) as one allocation split into trainer and inference nodes.
 
@@ -34,15 +52,26 @@ def launch_cmd(
 
     if as_json and not dry_run:
         raise click.UsageError("--json goes with --dry-run")
-    if dry_run:
-        prep = launching.prepare(recipe, run_dir)
+    if dry_run:  # the gate runs and shows its exclusions, but never fails a dry run
+        prep, gate = launching.gated_prepare(
+            recipe, run_dir, prometheus_url, not no_health_gate, strict=False
+        )
         if as_json:
-            emit_json({"plan": prep.plan.to_json(), "script": prep.script})
+            emit_json({"plan": prep.plan.to_json(), "script": prep.script, "health_gate": gate.to_json()})
             return
+        if gate.status not in ("passed", "disabled"):
+            status_console().print(f"[yellow]warning:[/] {gate.message}")
         _print_plan(prep.plan)
         click.echo(prep.script, nl=False)
         return
-    prep, sub = launching.launch(recipe, run_dir, executor, resume)  # type: ignore[arg-type]
+    prep, sub = launching.launch(
+        recipe,
+        run_dir,
+        executor,  # type: ignore[arg-type]
+        resume,
+        prometheus_url=prometheus_url,
+        health_gate=not no_health_gate,
+    )
     con = status_console()
     con.print(f"[bold]submitted[/] job [cyan]{sub.job_id}[/] ({sub.executor} executor)")
     con.print(f"run directory: {prep.plan.run_dir}")
@@ -68,4 +97,6 @@ def _print_plan(plan) -> None:  # type: ignore[no-untyped-def]
     con.print(table)
     if plan.exclude:
         con.print(f"excluded nodes: {', '.join(plan.exclude)}")
+    for node, why in plan.excluded_reasons.items():
+        con.print(f"  {node}: {why}")
     con.print(f"run directory: {plan.run_dir}")

@@ -13,6 +13,7 @@ import click
 
 from intellect import __version__
 from intellect.cli.devcluster import dev_cluster
+from intellect.cli.health import health_cmd, watchdog_cmd
 from intellect.cli.jobs import cancel_cmd, jobs_cmd, logs_cmd
 from intellect.cli.launch import launch_cmd
 from intellect.cli.nodes import drain_cmd, nodes_cmd, resume_cmd, why_cmd
@@ -43,6 +44,8 @@ for command in (
     logs_cmd,
     cancel_cmd,
     provision_cmd,
+    health_cmd,
+    watchdog_cmd,
     dev_cluster,
 ):
     cli.add_command(command)

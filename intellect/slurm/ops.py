@@ -66,6 +66,29 @@ def history(node: str) -> list[dict[str, Any]]:
     return out
 
 
+def drained_by(source: str) -> set[str]:
+    """Nodes whose last journalled drain/resume is a drain by ``source`` (e.g. the watchdog's own drains).
+
+    A later resume by anyone, or a later drain by another source, takes the node out of the set."""
+    path = journal_path()
+    owned: set[str] = set()
+    if not path.exists():
+        return owned
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        nodes = entry.get("nodes") if isinstance(entry, dict) else None
+        if not isinstance(nodes, list):
+            continue
+        if entry.get("action") == "drain" and entry.get("source") == source:
+            owned.update(nodes)
+        elif entry.get("action") in ("drain", "resume"):
+            owned.difference_update(nodes)
+    return owned
+
+
 def _utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
