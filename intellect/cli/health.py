@@ -113,9 +113,7 @@ def watchdog_cmd(
     dog.run()
 
 
-if __name__ == "__main__":  # until the root group registers these: python -m intellect.cli.health health ...
-    from intellect.cli.main import cli, main
+if __name__ == "__main__":  # python -m intellect.cli.health health ... is the same as intellect health ...
+    import runpy
 
-    for _cmd in (health_cmd, watchdog_cmd):
-        cli.commands.setdefault(str(_cmd.name), _cmd)
-    main()
+    runpy.run_module("intellect.cli.main", run_name="__main__")

@@ -44,7 +44,7 @@ class Env:
         base = {"SLURM_CONF": str(self.cluster.conf), "INTELLECT_STATE_DIR": str(self.state),
                 "INTELLECT_HEALTH_THRESHOLDS": str(self.thresholds)}  # fmt: skip
         if args and args[0] in ("health", "watchdog"):  # until the root group registers them
-            cmd = [sys.executable, "-m", "intellect.cli.health", *args]
+            cmd = [sys.executable, "-m", "intellect.cli.main", *args]
             full = {**os.environ, "NO_COLOR": "1", **base, **env}
             full.pop("INTELLECT_DEBUG", None)
             return subprocess.run(cmd, capture_output=True, text=True, env=full, cwd=ROOT, timeout=60)
@@ -140,7 +140,7 @@ def _start_watchdog(e: Env, port: int) -> subprocess.Popen[bytes]:
            "INTELLECT_HEALTH_THRESHOLDS": str(e.thresholds)}  # fmt: skip
     log = open(e.watchdog_log, "ab")  # noqa: SIM115 - the child holds it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "intellect.cli.health", "watchdog", "--prometheus", e.stack.url, "--poll", "1",
+        [sys.executable, "-m", "intellect.cli.main", "watchdog", "--prometheus", e.stack.url, "--poll", "1",
          "--hold", str(HOLD_S), "--listen", f"127.0.0.1:{port}", "--max-drain-fraction", "0.5"],
         stdout=log, stderr=log, env=env, cwd=ROOT,
     )  # fmt: skip
