@@ -31,3 +31,14 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 @pytest.fixture
 def cli():
     return run_cli
+
+
+_BUILTIN_INTERN = sys.intern
+
+
+@pytest.fixture(autouse=True)
+def _builtin_sys_intern():
+    """Importing ansible.module_utils (the playbooks' modules are loaded in-process by some tests) swaps
+    sys.intern for a patch object that breaks a later torch._dynamo import in the same process."""
+    sys.intern = _BUILTIN_INTERN
+    yield

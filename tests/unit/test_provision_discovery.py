@@ -26,7 +26,13 @@ def _load(path: Path) -> ModuleType:
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = mod
-    spec.loader.exec_module(mod)
+    intern = sys.intern
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        # ansible.module_utils replaces sys.intern with a patch object; torch._dynamo, imported later in this
+        # pytest process, refuses it (TypeError in substitute_in_graph). Give the process its builtin back.
+        sys.intern = intern
     return mod
 
 
