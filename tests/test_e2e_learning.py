@@ -31,22 +31,22 @@ def test_debug_cpu_recipe_learns(tmp_path: Path) -> None:
     assert after - before >= 0.25, f"held-out accuracy {before:.3f} -> {after:.3f}: {summary['evals']}"
     assert summary["reward_last"] > summary["reward_first"]
     # progress and summary reach the user; every role exited 0
-    assert "step  100" in proc.stderr and "held-out accuracy" in proc.stderr
+    assert "step  150" in proc.stderr and "held-out accuracy" in proc.stderr
     assert "trainer: exit 0" in proc.stderr and "orchestrator: exit 0" in proc.stderr
     # the contract on disk: each batch trained once, samples unique, weights complete
     ids: list[str] = []
-    for step in range(1, 101):
+    for step in range(1, 151):
         folder = tmp_path / "run" / "rollouts" / f"step_{step}"
         assert (folder / "STABLE").exists()
         ids += [json.loads(line)["id"] for line in (folder / "rollouts.jsonl").read_text().splitlines()]
-    assert len(ids) == len(set(ids)) == 100 * 128
+    assert len(ids) == len(set(ids)) == 150 * 128
     trained = [
         r["step"]
         for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
         if r.get("role") == "trainer" and "phase" not in r
     ]
-    assert trained == list(range(1, 101))
-    assert (tmp_path / "run" / "weights" / "step_100" / "STABLE").exists()
+    assert trained == list(range(1, 151))
+    assert (tmp_path / "run" / "weights" / "step_150" / "STABLE").exists()
 
 
 def test_shuffled_rewards_do_not_learn(tmp_path: Path) -> None:
