@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from intellect.rl.envs.base import Environment, Rubric, Score, Task, Turn
+from intellect.rl.envs.base import Rubric, Score, Task, Turn
 from intellect.rl.envs.code_problems import GENERATORS
-from intellect.rl.envs.common import check_split, key_hash, sample_split, split_of, verdict
+from intellect.rl.envs.common import DatasetEnv, key_hash, sample_split, split_of, verdict
 
 DEFAULT_SIZE = {"train": 300, "eval": 60}
 TIMEOUT_S = 5.0
@@ -88,7 +88,7 @@ def defines_function(task: Task, completion: str, transcript: Sequence[Turn] = (
     )
 
 
-class Code(Environment):
+class Code(DatasetEnv):
     name = "code"
 
     def __init__(
@@ -100,17 +100,8 @@ class Code(Environment):
         eval_fraction: float = 0.15,
         format_weight: float = 0.1,
     ) -> None:
-        super().__init__(path=path, split=check_split(split), size=size, seed=seed)
-        self.path, self.split, self.size, self.seed = path, split, size, seed
-        self.eval_fraction = eval_fraction
+        super().__init__(path=path, split=split, size=size, seed=seed, eval_fraction=eval_fraction)
         self.rubric = Rubric([(tests_passed, 1.0), (defines_function, format_weight)])
-        self._cache: dict[str, list[Task]] = {}
-
-    def tasks(self, split: str | None = None) -> Sequence[Task]:
-        split = check_split(split or self.split)
-        if split not in self._cache:
-            self._cache[split] = self._load(split) if self.path else self._generate(split)
-        return self._cache[split]
 
     def _generate(self, split: str) -> list[Task]:
         def draw(rng: random.Random) -> tuple[str, Any]:

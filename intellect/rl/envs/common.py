@@ -7,7 +7,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 
-from intellect.rl.envs.base import Score, Turn
+from intellect.rl.envs.base import Environment, Score, Task, Turn
 
 SPLITS = ("train", "eval")
 
@@ -81,3 +81,34 @@ def verdict(score: Score, component: str) -> Score:
     """Set ``correct`` from one component (exactly 1.0) rather than from the weighted reward."""
     score.correct = not score.errors and score.components.get(component) == 1.0
     return score
+
+
+class DatasetEnv(Environment):
+    """An environment whose tasks come from a local JSONL file (``path``) or, without one, from a seeded
+    generator; train and eval never share a task. Subclasses set ``name`` and ``rubric`` and implement
+    ``_generate(split)`` and ``_load(split)``, both returning tasks; each split is built once."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        split: str = "train",
+        size: int | None = None,
+        seed: int = 0,
+        eval_fraction: float = 0.15,
+    ) -> None:
+        super().__init__(path=path, split=check_split(split), size=size, seed=seed)
+        self.path, self.split, self.size, self.seed = path, split, size, seed
+        self.eval_fraction = eval_fraction
+        self._cache: dict[str, list[Task]] = {}
+
+    def tasks(self, split: str | None = None) -> Sequence[Task]:
+        split = check_split(split or self.split)
+        if split not in self._cache:
+            self._cache[split] = self._load(split) if self.path else self._generate(split)
+        return self._cache[split]
+
+    def _generate(self, split: str) -> list[Task]:
+        raise NotImplementedError
+
+    def _load(self, split: str) -> list[Task]:
+        raise NotImplementedError

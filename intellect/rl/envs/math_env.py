@@ -19,8 +19,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from intellect.rl.envs.base import Environment, Rubric, Score, Task, Turn
-from intellect.rl.envs.common import check_split, key_hash, sample_split, split_of, verdict
+from intellect.rl.envs.base import Rubric, Score, Task, Turn
+from intellect.rl.envs.common import DatasetEnv, key_hash, sample_split, split_of, verdict
 from intellect.rl.envs.math_problems import GENERATORS
 
 DEFAULT_SIZE = {"train": 500, "eval": 100}
@@ -79,7 +79,7 @@ def boxed_format(task: Task, completion: str, transcript: Sequence[Turn] = ()) -
     return 1.0 if pred is not None and pred.strip() else 0.0
 
 
-class Math(Environment):
+class Math(DatasetEnv):
     name = "math"
 
     def __init__(
@@ -91,23 +91,10 @@ class Math(Environment):
         eval_fraction: float = 0.15,
         format_weight: float = 0.1,
     ) -> None:
-        super().__init__(path=path, split=check_split(split), size=size, seed=seed)
-        self.path, self.split, self.size, self.seed = path, split, size, seed
-        self.eval_fraction = eval_fraction
+        super().__init__(path=path, split=split, size=size, seed=seed, eval_fraction=eval_fraction)
         self.rubric = Rubric([(boxed_correct, 1.0), (boxed_format, format_weight)])
-        self._cache: dict[str, list[Task]] = {}
 
-    def tasks(self, split: str | None = None) -> Sequence[Task]:
-        split = check_split(split or self.split)
-        if split not in self._cache:
-            rows = self._load(split) if self.path else self._generate(split)
-            self._cache[split] = [
-                Task(id=f"math-{key_hash(q)}", prompt=q + SUFFIX, answer=a, info={"question": q})
-                for q, a in rows
-            ]
-        return self._cache[split]
-
-    def _generate(self, split: str) -> list[tuple[str, str]]:
+    def _generate(self, split: str) -> list[Task]:
         def draw(rng: random.Random) -> tuple[str, Any]:
             question, answer = rng.choice(GENERATORS)(rng)
             return question, _answer_text(answer)
@@ -116,9 +103,9 @@ class Math(Environment):
         pairs = sample_split(
             draw, split=split, salt=self.name, size=size, seed=self.seed, eval_fraction=self.eval_fraction
         )
-        return [(q, str(a)) for q, a in pairs]
+        return [_task(q, str(a)) for q, a in pairs]
 
-    def _load(self, split: str) -> list[tuple[str, str]]:
+    def _load(self, split: str) -> list[Task]:
         assert self.path is not None
         rows: dict[str, str] = {}
         with Path(self.path).open() as fh:
@@ -134,7 +121,7 @@ class Math(Environment):
                     ) from exc
                 if split_of(q, self.name, self.eval_fraction) == split:
                     rows.setdefault(q, a)
-        items = list(rows.items())
+        items = [_task(q, a) for q, a in rows.items()]
         return items[: self.size] if self.size else items
 
     def reference(self, task: Task) -> str:
@@ -142,6 +129,12 @@ class Math(Environment):
 
     def score(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> Score:
         return verdict(super().score(task, completion, transcript), "boxed_correct")
+
+
+def _task(question: str, answer: str) -> Task:
+    return Task(
+        id=f"math-{key_hash(question)}", prompt=question + SUFFIX, answer=answer, info={"question": question}
+    )
 
 
 def _answer_text(value: Fraction | int) -> str:
