@@ -125,7 +125,7 @@ class TestLocalExecutor:
     """The local executor runs the rendered script through submitit; fake-python stands in for the role
     processes' interpreter so these tests check supervision and exit codes without torch."""
 
-    def _launch(self, run_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    def _launch(self, run_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
         return run_cli(
             "launch",
             "recipes/debug-cpu.yaml",
@@ -133,6 +133,7 @@ class TestLocalExecutor:
             "local",
             "--run-dir",
             str(run_dir),
+            *args,
             env={"INTELLECT_PYTHON": str(FAKE_PYTHON), **env},
         )
 
@@ -163,14 +164,5 @@ class TestLocalExecutor:
         proc = self._launch(run_dir)
         _one_error_line(proc, 1, "already holds a run")
         assert sorted(p.name for p in (run_dir / "submitit").iterdir()) == before  # nothing submitted
-        resumed = run_cli(
-            "launch",
-            "recipes/debug-cpu.yaml",
-            "--executor",
-            "local",
-            "--run-dir",
-            str(run_dir),
-            "--resume",
-            env={"INTELLECT_PYTHON": str(FAKE_PYTHON)},
-        )
+        resumed = self._launch(run_dir, "--resume")
         assert resumed.returncode == 0, resumed.stderr

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from intellect.devcluster.loopback import free_port
+from intellect.procs import terminate_then_kill
 from tests.conftest import RECIPES, ROOT
 
 pytestmark = pytest.mark.slow
@@ -63,6 +64,15 @@ class Run:
         self.procs[role] = proc
         return proc
 
+    def start_all(self) -> None:
+        for role in ("inference", "trainer", "orchestrator"):
+            self.start(role)
+
+    def crash(self, role: str) -> None:
+        """SIGKILL ``role``, as a crash would, and reap it."""
+        self.procs[role].send_signal(signal.SIGKILL)
+        self.procs[role].wait()
+
     def wait_for(self, path: str, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         while not (self.dir / path).exists():
@@ -76,13 +86,7 @@ class Run:
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate_then_kill(proc, grace=15)
 
     def log(self, role: str) -> str:
         return "".join(p.read_text()[-2000:] for p in sorted((self.dir / "logs").glob(f"{role}-*.log")))
@@ -107,11 +111,9 @@ def run(tmp_path: Path):
 
 
 def test_inference_killed_and_restarted(run: Run) -> None:
-    for role in ("inference", "trainer", "orchestrator"):
-        run.start(role)
+    run.start_all()
     run.wait_for("rollouts/step_4/STABLE")
-    run.procs["inference"].send_signal(signal.SIGKILL)
-    run.procs["inference"].wait()
+    run.crash("inference")
     time.sleep(1.0)
     run.start("inference")
     run.finish()
@@ -123,11 +125,9 @@ def test_inference_killed_and_restarted(run: Run) -> None:
 
 
 def test_trainer_killed_resumes_from_checkpoint(run: Run) -> None:
-    for role in ("inference", "trainer", "orchestrator"):
-        run.start(role)
+    run.start_all()
     run.wait_for("weights/step_7/STABLE")
-    run.procs["trainer"].send_signal(signal.SIGKILL)
-    run.procs["trainer"].wait()
+    run.crash("trainer")
     complete = sorted(
         int(p.parent.name.split("_")[1]) for p in (run.dir / "checkpoints").glob("step_*/STABLE")
     )

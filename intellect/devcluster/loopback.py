@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from intellect.errors import IntellectError
+from intellect.procs import terminate_then_kill
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
@@ -178,14 +178,7 @@ class LoopbackCluster:
             self._cancel_all_jobs()
         order = sorted(self.procs, key=lambda n: (not n.startswith("slurmd"), n == "munged"))
         for name in order:
-            proc = self.procs[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate_then_kill(self.procs[name])
         self.procs.clear()
         for log in self._logs:
             log.close()

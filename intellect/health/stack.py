@@ -8,7 +8,6 @@ ends exactly the processes it started, by PID.
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +19,7 @@ import httpx
 import yaml
 
 from intellect.errors import IntellectError
+from intellect.procs import terminate_then_kill
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 
@@ -137,14 +137,8 @@ class MonitoringStack:
 
     def stop_process(self, name: str) -> None:
         proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate_then_kill(proc)
 
     def stop(self) -> None:
         for name in list(self.procs):

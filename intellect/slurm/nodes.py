@@ -7,6 +7,7 @@ format whose free-text field (the reason) comes last, and ``sacct --parsable2``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,16 +69,26 @@ def _none(value: str) -> str | None:
     return None if value in ("", "none", "Unknown", "(null)", "N/A") else value
 
 
-def parse_sinfo(text: str) -> dict[str, Node]:
-    """Parse ``sinfo -N -h -o SINFO_FORMAT``. A node in several partitions appears once."""
-    nodes: dict[str, Node] = {}
+def _count(value: str) -> int:
+    return int(value) if value.isdigit() else 0
+
+
+def _rows(text: str, command: str) -> Iterator[list[str]]:
+    """The eight ``|``-separated fields of each non-blank line of ``command``'s output; the last field (the
+    free-text reason) may itself hold ``|``."""
     for line in text.splitlines():
         if not line.strip():
             continue
         parts = line.split("|", 7)
         if len(parts) != 8:
-            raise SlurmError(f"unexpected sinfo line: {line[:80]!r}")
-        name, state, user, when, gres, cpus, mem, reason = parts
+            raise SlurmError(f"unexpected {command} line: {line[:80]!r}")
+        yield parts
+
+
+def parse_sinfo(text: str) -> dict[str, Node]:
+    """Parse ``sinfo -N -h -o SINFO_FORMAT``. A node in several partitions appears once."""
+    nodes: dict[str, Node] = {}
+    for name, state, user, when, gres, cpus, mem, reason in _rows(text, "sinfo"):
         if name in nodes:
             continue
         nodes[name] = Node(
@@ -87,21 +98,15 @@ def parse_sinfo(text: str) -> dict[str, Node]:
             reason_user=_none(user),
             reason_time=_none(when),
             gres=_none(gres),
-            cpus=int(cpus) if cpus.isdigit() else 0,
-            memory_mb=int(mem) if mem.isdigit() else 0,
+            cpus=_count(cpus),
+            memory_mb=_count(mem),
         )
     return nodes
 
 
 def parse_squeue(text: str) -> list[Job]:
     jobs = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        parts = line.split("|", 7)
-        if len(parts) != 8:
-            raise SlurmError(f"unexpected squeue line: {line[:80]!r}")
-        job_id, name, user, state, elapsed, n, nodelist, reason = parts
+    for job_id, name, user, state, elapsed, n, nodelist, reason in _rows(text, "squeue"):
         jobs.append(
             Job(
                 job_id=job_id,
@@ -109,7 +114,7 @@ def parse_squeue(text: str) -> list[Job]:
                 user=user,
                 state=state,
                 elapsed=elapsed,
-                nodes=int(n) if n.isdigit() else 0,
+                nodes=_count(n),
                 nodelist=hostlist.expand_hostlist(nodelist) if _none(nodelist) else [],
                 reason=reason,
             )

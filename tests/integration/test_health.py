@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pytest
 
 from intellect.health.fakedcgm import FakeGpus, make_server
 from intellect.health.stack import MonitoringStack, Target, free_port, missing_tools
+from intellect.procs import terminate_then_kill
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.integration
@@ -116,13 +116,8 @@ def env(slurm_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env
         watchdog = _start_watchdog(e, wd_port)
         yield e
     finally:
-        if watchdog is not None and watchdog.poll() is None:
-            watchdog.send_signal(signal.SIGTERM)
-            try:
-                watchdog.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                watchdog.kill()
-                watchdog.wait()
+        if watchdog is not None:
+            terminate_then_kill(watchdog)
         if stack is not None:
             stack.stop()
         for p in procs:

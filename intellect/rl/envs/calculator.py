@@ -11,10 +11,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
 
-from intellect.rl.envs.base import Environment, Rubric, Score, Task, Turn
-from intellect.rl.envs.common import assistant_texts, check_split, sample_split, tag_contents, verdict
+from intellect.rl.envs.base import Rubric, Task, Turn
+from intellect.rl.envs.common import GeneratedEnv, assistant_texts, tag_contents
 from intellect.rl.envs.safe_calc import CalcError, evaluate, format_number
 
 DEFAULT_SIZE = {"train": 2000, "eval": 200}
@@ -60,8 +59,10 @@ def tool_reply(call: str) -> str:
         return f"<result>error: {exc}</result>"
 
 
-class Calculator(Environment):
+class Calculator(GeneratedEnv):
     name = "calculator"
+    default_size = DEFAULT_SIZE
+    correct_by = "answer_correct"
     stop = ["</calc>", "</answer>"]
 
     def __init__(
@@ -77,25 +78,13 @@ class Calculator(Environment):
             raise ValueError(
                 f"calculator: max_turns must be >= 2 for a tool call and an answer (got {max_turns})"
             )
-        super().__init__(split=check_split(split), size=size, seed=seed, max_turns=max_turns)
-        self.split, self.size, self.seed = split, size, seed
-        self.max_turns, self.eval_fraction = max_turns, eval_fraction
+        super().__init__(split=split, size=size, seed=seed, eval_fraction=eval_fraction, max_turns=max_turns)
+        self.max_turns = max_turns
         self.rubric = Rubric([(answer_correct, 1.0), (tool_format, tool_weight)])
-        self._cache: dict[str, list[Task]] = {}
 
-    def tasks(self, split: str | None = None) -> Sequence[Task]:
-        split = check_split(split or self.split)
-        if split not in self._cache:
-            pairs = sample_split(
-                _draw,
-                split=split,
-                salt=self.name,
-                size=self.size or DEFAULT_SIZE[split],
-                seed=self.seed,
-                eval_fraction=self.eval_fraction,
-            )
-            self._cache[split] = [_task(expr, value) for expr, value in pairs]
-        return self._cache[split]
+    def _draw(self, rng: random.Random) -> tuple[str, Task]:
+        expr, value = _expression(rng)
+        return expr, _task(expr, value)
 
     def respond(self, task: Task, transcript: Sequence[Turn]) -> str | None:
         """``<result>...</result>`` for the last turn's tool call; None after an answer, no call, or the last
@@ -118,11 +107,8 @@ class Calculator(Environment):
             Turn("assistant", f"<answer>{task.answer}</answer>"),
         ]
 
-    def score(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> Score:
-        return verdict(super().score(task, completion, transcript), "answer_correct")
 
-
-def _draw(rng: random.Random) -> tuple[str, Any]:
+def _expression(rng: random.Random) -> tuple[str, Fraction]:
     template = rng.choice(TEMPLATES)
     small = "d" in template and "c" not in template  # a*b*d: keep the product readable
     nums = {k: rng.randint(2, 99 if small else 999) for k in "abcd"}
@@ -130,7 +116,6 @@ def _draw(rng: random.Random) -> tuple[str, Any]:
     return expr, evaluate(expr)
 
 
-def _task(expr: str, value: object) -> Task:
-    assert isinstance(value, Fraction)
+def _task(expr: str, value: Fraction) -> Task:
     prompt = f"What is {expr}? {INSTRUCTIONS}"
     return Task(id=f"calc-{expr}", prompt=prompt, answer=format_number(value), info={"expression": expr})

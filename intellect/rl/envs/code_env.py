@@ -17,12 +17,11 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from intellect.rl.envs.base import Rubric, Score, Task, Turn
+from intellect.rl.envs.base import Task, Turn
 from intellect.rl.envs.code_problems import GENERATORS
-from intellect.rl.envs.common import DatasetEnv, key_hash, sample_split, split_of, verdict
+from intellect.rl.envs.common import DatasetEnv, key_hash
 
 DEFAULT_SIZE = {"train": 300, "eval": 60}
 TIMEOUT_S = 5.0
@@ -90,56 +89,24 @@ def defines_function(task: Task, completion: str, transcript: Sequence[Turn] = (
 
 class Code(DatasetEnv):
     name = "code"
+    default_size = DEFAULT_SIZE
+    correct_by = "tests_passed"
+    rewards = (tests_passed, defines_function)
+    fields = "prompt and tests"
 
-    def __init__(
-        self,
-        path: str | None = None,
-        split: str = "train",
-        size: int | None = None,
-        seed: int = 0,
-        eval_fraction: float = 0.15,
-        format_weight: float = 0.1,
-    ) -> None:
-        super().__init__(path=path, split=split, size=size, seed=seed, eval_fraction=eval_fraction)
-        self.rubric = Rubric([(tests_passed, 1.0), (defines_function, format_weight)])
+    def _draw(self, rng: random.Random) -> tuple[str, Task]:
+        problem = rng.choice(GENERATORS)(rng)
+        return problem[0], _task(*problem)
 
-    def _generate(self, split: str) -> list[Task]:
-        def draw(rng: random.Random) -> tuple[str, Any]:
-            problem = rng.choice(GENERATORS)(rng)
-            return problem[0], problem
-
-        pairs = sample_split(
-            draw,
-            split=split,
-            salt=self.name,
-            size=self.size or DEFAULT_SIZE[split],
-            seed=self.seed,
-            eval_fraction=self.eval_fraction,
-        )
-        return [_task(*problem) for _, problem in pairs]  # type: ignore[misc]
-
-    def _load(self, split: str) -> list[Task]:
-        assert self.path is not None
-        out: dict[str, Task] = {}
-        for line_no, line in enumerate(Path(self.path).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                prompt, tests = str(item["prompt"]), [str(t) for t in item["tests"]]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{self.path}:{line_no}: need a JSON object with prompt and tests") from exc
-            if tests and split_of(prompt, self.name, self.eval_fraction) == split:
-                out.setdefault(prompt, _task(prompt, tests, item.get("function"), item.get("solution")))
-        tasks = list(out.values())
-        return tasks[: self.size] if self.size else tasks
+    def _row(self, item: Any) -> tuple[str, Task | None]:
+        prompt, tests = str(item["prompt"]), [str(t) for t in item["tests"]]
+        if not tests:
+            return prompt, None
+        return prompt, _task(prompt, tests, item.get("function"), item.get("solution"))
 
     def reference(self, task: Task) -> str | None:
         solution = task.info.get("solution")
         return f"```python\n{solution}```" if solution else None
-
-    def score(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> Score:
-        return verdict(super().score(task, completion, transcript), "tests_passed")
 
 
 def _task(prompt: str, tests: list[str], function: str | None, solution: str | None) -> Task:

@@ -11,16 +11,14 @@ Reward: math-verify equivalence of the last boxed answer with the gold one (weig
 from __future__ import annotations
 
 import functools
-import json
 import random
 import threading
 from collections.abc import Sequence
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
-from intellect.rl.envs.base import Rubric, Score, Task, Turn
-from intellect.rl.envs.common import DatasetEnv, key_hash, sample_split, split_of, verdict
+from intellect.rl.envs.base import Task, Turn
+from intellect.rl.envs.common import DatasetEnv, key_hash
 from intellect.rl.envs.math_problems import GENERATORS
 
 DEFAULT_SIZE = {"train": 500, "eval": 100}
@@ -81,54 +79,21 @@ def boxed_format(task: Task, completion: str, transcript: Sequence[Turn] = ()) -
 
 class Math(DatasetEnv):
     name = "math"
+    default_size = DEFAULT_SIZE
+    correct_by = "boxed_correct"
+    rewards = (boxed_correct, boxed_format)
+    fields = "question and answer"
 
-    def __init__(
-        self,
-        path: str | None = None,
-        split: str = "train",
-        size: int | None = None,
-        seed: int = 0,
-        eval_fraction: float = 0.15,
-        format_weight: float = 0.1,
-    ) -> None:
-        super().__init__(path=path, split=split, size=size, seed=seed, eval_fraction=eval_fraction)
-        self.rubric = Rubric([(boxed_correct, 1.0), (boxed_format, format_weight)])
+    def _draw(self, rng: random.Random) -> tuple[str, Task]:
+        question, answer = rng.choice(GENERATORS)(rng)
+        return question, _task(question, _answer_text(answer))
 
-    def _generate(self, split: str) -> list[Task]:
-        def draw(rng: random.Random) -> tuple[str, Any]:
-            question, answer = rng.choice(GENERATORS)(rng)
-            return question, _answer_text(answer)
-
-        size = self.size or DEFAULT_SIZE[split]
-        pairs = sample_split(
-            draw, split=split, salt=self.name, size=size, seed=self.seed, eval_fraction=self.eval_fraction
-        )
-        return [_task(q, str(a)) for q, a in pairs]
-
-    def _load(self, split: str) -> list[Task]:
-        assert self.path is not None
-        rows: dict[str, str] = {}
-        with Path(self.path).open() as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                    q, a = str(item["question"]), str(item["answer"])
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(
-                        f"{self.path}:{line_no}: need a JSON object with question and answer"
-                    ) from exc
-                if split_of(q, self.name, self.eval_fraction) == split:
-                    rows.setdefault(q, a)
-        items = [_task(q, a) for q, a in rows.items()]
-        return items[: self.size] if self.size else items
+    def _row(self, item: Any) -> tuple[str, Task]:
+        question, answer = str(item["question"]), str(item["answer"])
+        return question, _task(question, answer)
 
     def reference(self, task: Task) -> str:
         return f"\\boxed{{{task.answer}}}"
-
-    def score(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> Score:
-        return verdict(super().score(task, completion, transcript), "boxed_correct")
 
 
 def _task(question: str, answer: str) -> Task:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
 
-from intellect.rl.envs.base import Environment, Rubric, Score, Task, Turn
-from intellect.rl.envs.common import check_split, sample_split, verdict
+from intellect.rl.envs.base import Rubric, Task, Turn
+from intellect.rl.envs.common import GeneratedEnv
 
 SEPARATOR = ">"
 DEFAULT_SIZE = {"train": 5000, "eval": 500}
@@ -28,8 +27,10 @@ def partial_match(task: Task, completion: str, transcript: Sequence[Turn] = ()) 
     return right / max(len(pred), len(gold), 1)
 
 
-class ReverseDigits(Environment):
+class ReverseDigits(GeneratedEnv):
     name = "reverse-digits"
+    default_size = DEFAULT_SIZE
+    correct_by = "exact_match"
 
     def __init__(
         self,
@@ -45,39 +46,18 @@ class ReverseDigits(Environment):
             raise ValueError(f"reverse-digits: need 1 <= min_len <= max_len (got {min_len}, {max_len})")
         if not 0 < eval_fraction < 1:
             raise ValueError(f"reverse-digits: eval_fraction must be in (0, 1) (got {eval_fraction})")
-        super().__init__(min_len=min_len, max_len=max_len, split=check_split(split), size=size, seed=seed)
-        self.min_len, self.max_len, self.split = min_len, max_len, split
-        self.size, self.seed, self.eval_fraction = size, seed, eval_fraction
-        self.rubric = Rubric([(exact_match, 1.0), (partial_match, partial_weight)])
-        self._cache: dict[str, list[Task]] = {}
-
-    def tasks(self, split: str | None = None) -> Sequence[Task]:
-        """The tasks of ``split`` (default: the ``split`` argument), in a fixed seeded order."""
-        split = check_split(split or self.split)
-        if split not in self._cache:
-            self._cache[split] = self._build(split)
-        return self._cache[split]
-
-    def _build(self, split: str) -> list[Task]:
-        def draw(rng: random.Random) -> tuple[str, Any]:
-            length = rng.randint(self.min_len, self.max_len)
-            return "".join(rng.choice("0123456789") for _ in range(length)), None
-
-        pairs = sample_split(
-            draw,
-            split=split,
-            salt=self.name,
-            size=self.size or DEFAULT_SIZE[split],
-            seed=self.seed,
-            eval_fraction=self.eval_fraction,
+        super().__init__(
+            min_len=min_len, max_len=max_len, split=split, size=size, seed=seed, eval_fraction=eval_fraction
         )
-        return [
-            Task(id=f"rd-{digits}", prompt=digits + SEPARATOR, answer=digits[::-1], info={"digits": digits})
-            for digits, _ in pairs
-        ]
+        self.min_len, self.max_len = min_len, max_len
+        self.rubric = Rubric([(exact_match, 1.0), (partial_match, partial_weight)])
+
+    def _draw(self, rng: random.Random) -> tuple[str, Task]:
+        length = rng.randint(self.min_len, self.max_len)
+        digits = "".join(rng.choice("0123456789") for _ in range(length))
+        return digits, Task(
+            id=f"rd-{digits}", prompt=digits + SEPARATOR, answer=digits[::-1], info={"digits": digits}
+        )
 
     def reference(self, task: Task) -> str:
         return str(task.answer)
-
-    def score(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> Score:
-        return verdict(super().score(task, completion, transcript), "exact_match")
