@@ -84,3 +84,35 @@ def status_cmd(state_dir: Path | None, as_json: bool) -> None:
 def down_cmd(state_dir: Path | None) -> None:
     """Stop every node; remove mounts, bridge, cgroups and state (the shared folder stays)."""
     _cluster(state_dir).teardown(status)
+
+
+@dev_cluster.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("node", default="node1")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@STATE_DIR
+def ssh_cmd(node: str, command: tuple[str, ...], state_dir: Path | None) -> None:
+    """Log in to NODE (default node1, the controller and login node), or run COMMAND there.
+
+    Both start in the shared folder, where recipes/ links to this checkout's recipes, so a launch's relative
+    run folder lands on the storage every node sees.
+
+    \b
+    intellect dev-cluster ssh                      # a shell on node1
+    intellect dev-cluster ssh node1 -- intellect nodes --json
+    intellect dev-cluster ssh -- intellect launch recipes/debug-cluster.yaml
+    """
+    import os
+    import shlex
+
+    from intellect.devcluster.inventory import node_names
+    from intellect.errors import UsageError
+
+    cluster = _cluster(state_dir)
+    names = node_names(int(cluster.read_state().get("nodes", 0)))
+    if node not in names:
+        known = ", ".join(names) or "none: start one with intellect dev-cluster up"
+        raise UsageError(f"unknown dev-cluster node {node!r} (nodes: {known})")
+    cd = f"cd {shlex.quote(str(cluster.shared_dir))} && exec "
+    remote = cd + (shlex.join(command) if command else "${SHELL:-/bin/bash} -l")
+    argv = cluster.ssh_argv(names.index(node) + 1, remote, tty=not command)
+    os.execvp(argv[0], argv)

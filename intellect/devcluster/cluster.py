@@ -4,6 +4,11 @@ Layout under the state folder (``INTELLECT_DEVCLUSTER_DIR``, default /var/lib/in
 ``base/`` (the unpacked image, every node's lower layer), ``nodes/<name>/{upper,work,root}``, ``ssh/``,
 ``munge.key``, ``inventory/``, ``facts/``, ``logs/``, ``state.json``, and ``shared/``, bound into every node at
 the same path (it stands for Lustre/NFS; ``down`` keeps it, it holds users' run folders).
+
+The software share: the running intellect's checkout, its venv and the Python the venv was made from are bound
+read-only into every node at their host paths, as a site's software share would be. So ``intellect`` on a node
+(``/usr/local/bin/intellect``) and the roles of a job that Slurm starts there run the same code and interpreter
+as the host, with nothing installed in the nodes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +54,27 @@ def default_net() -> Net:
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("INTELLECT_DEVCLUSTER_DIR", "/var/lib/intellect/devcluster"))
+
+
+def checkout() -> Path:
+    """The folder above the running ``intellect`` package: the checkout for an editable install."""
+    import intellect
+
+    return Path(intellect.__file__).resolve().parents[1]
+
+
+def software_share() -> list[Path]:
+    """What the nodes need to run this intellect: its checkout (an editable install), the venv, and the venv's
+    base Python unless that is the system's /usr (the nodes have their own). Outermost paths only."""
+    candidates = [checkout(), Path(sys.prefix)]
+    base = Path(sys.base_prefix).resolve()
+    if base != Path("/usr") and not str(base).startswith("/usr/"):
+        candidates.append(base)
+    outer: list[Path] = []
+    for path in sorted({c.resolve() for c in candidates}, key=lambda c: len(c.parts)):
+        if path != Path("/") and not any(path.is_relative_to(o) for o in outer):
+            outer.append(path)
+    return outer
 
 
 def require_root_and_tools() -> None:
@@ -100,6 +127,8 @@ class DevCluster:
         state = self.read_state()
         if state and state.get("nodes") == count and self._all_running(state):
             log(f"{count} node(s) already running; re-provisioning")
+            self._write_inventory(count)  # this version's settings, not the ones the nodes were booted with
+            self._link_recipes()
             return False
         if state or nodes.link_exists(self.net.bridge) or nodes.pids_in_cgroups(self.net.bridge):
             log("cleaning up an earlier dev cluster first")
@@ -111,28 +140,41 @@ class DevCluster:
         self._prepare_secrets()
         nodes.bridge_up(self.net)
         pids = {}
+        share = software_share()
         for i, name in enumerate(node_names(count), start=1):
             root = nodes.overlay_mount(base, self.state_dir / "nodes" / name)
             self._customize(root, name, self.net.node_addr(i))
             binds = [f"--bind-ro={repo}:{REPO_IN_NODE}", f"--bind={self.shared_dir}:{self.shared_dir}"]
+            binds += [f"--bind-ro={path}:{path}" for path in share]
             logs = self.state_dir / "logs"
             logs.mkdir(exist_ok=True)
             pids[name] = nodes.spawn_node(name, root, self.net, binds, logs / f"{name}.console.log")
-            self._write_state({"nodes": count, "pids": pids, "net": vars(self.net)})
+            self._write_state(
+                {"nodes": count, "pids": pids, "net": vars(self.net), "software": [str(p) for p in share]}
+            )
         for i, name in enumerate(node_names(count), start=1):
             if not nodes.wait_for_port(self.net.node_addr(i), 22, timeout=60):
                 raise IntellectError(
                     f"{name} did not answer on SSH within 60 s",
                     hint=f"see {self.state_dir}/logs/{name}.console.log; intellect dev-cluster down",
                 )
-        write_inventory(
-            self.inventory_dir,
-            dev_inventory(
-                count, self.net, self.state_dir, (self.state_dir / "dbd.password").read_text().strip()
-            ),
-        )
+        self._write_inventory(count)
+        self._link_recipes()
         log(f"{count} node(s) booted on {self.net.bridge} ({self.net.subnet}, no route out)")
         return True
+
+    def _write_inventory(self, count: int) -> None:
+        password = (self.state_dir / "dbd.password").read_text().strip()
+        write_inventory(self.inventory_dir, dev_inventory(count, self.net, self.state_dir, password))
+
+    def _link_recipes(self) -> None:
+        """``shared/recipes`` -> the checkout's recipes, so that on a node, in the shared folder (where
+        ``dev-cluster ssh`` starts), ``intellect launch recipes/debug-cluster.yaml`` finds the recipe and its
+        relative run folder lands on the shared storage. A real folder of that name is the user's: left alone."""
+        link, target = self.shared_dir / "recipes", checkout() / "recipes"
+        if target.is_dir() and (link.is_symlink() or not link.exists()):
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
 
     def _all_running(self, state: dict[str, Any]) -> bool:
         pids = state.get("pids", {})
@@ -175,6 +217,12 @@ class DevCluster:
         dot_ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
         (dot_ssh / "authorized_keys").write_text((self.state_dir / "ssh/id_ed25519.pub").read_text())
         (dot_ssh / "authorized_keys").chmod(0o600)
+        # `intellect` on the node's PATH: the host's venv, bound read-only at the same path (the software share).
+        local_bin = root / "usr/local/bin"
+        local_bin.mkdir(parents=True, exist_ok=True)
+        command = local_bin / "intellect"
+        command.unlink(missing_ok=True)
+        command.symlink_to(Path(sys.prefix) / "bin" / "intellect")
         apt = root / "etc/apt"
         (apt / "sources.list").write_text(f"deb [trusted=yes] file:{REPO_IN_NODE} ./\n")
         for extra in (apt / "sources.list.d").glob("*"):
@@ -229,11 +277,19 @@ class DevCluster:
             out["inventory"] = str(self.inventory_dir)
             out["shared"] = str(self.shared_dir)
             out["ssh"] = f"ssh -i {self.state_dir}/ssh/id_ed25519 root@{self.net.node_addr(1)}"
+            out["software"] = state.get("software", [])
         return out
 
     def ssh(self, node: int, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run a command on a node over SSH (the tests and ``status`` use it)."""
-        argv = [
+        return subprocess.run(
+            self.ssh_argv(node, command), capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def ssh_argv(self, node: int, command: str | None = None, tty: bool = False) -> list[str]:
+        """The ssh command line that logs in to node ``node`` (1-based) as root, running ``command`` if given
+        (``tty``: ask for a terminal, for an interactive shell)."""
+        return [
             "ssh",
             "-i",
             str(self.state_dir / "ssh/id_ed25519"),
@@ -245,7 +301,7 @@ class DevCluster:
             "LogLevel=ERROR",
             "-o",
             "BatchMode=yes",
+            *(["-t"] if (tty or command is None) and sys.stdin.isatty() else []),
             f"root@{self.net.node_addr(node)}",
-            command,
+            *([command] if command is not None else []),
         ]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)

@@ -29,6 +29,7 @@ DEV_SETTINGS: dict[str, Any] = {
     "slurm_partitions": [{"name": "debug", "default": True, "max_time": "INFINITE"}],
     "slurm_scheduler_parameters": "batch_sched_delay=0,bf_interval=1",
     "slurm_kill_wait": 5,
+    "slurm_cred_expire": 20,  # a requeued job restarts after 20 s instead of 120 s
     "slurm_mem_reserve_mb": 1024,
     "slurm_def_mem_per_node_mb": 512,
     "monitoring_prometheus_scrape_interval": "5s",
