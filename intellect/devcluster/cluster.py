@@ -94,7 +94,12 @@ def require_root_and_tools() -> None:
 @dataclass
 class DevCluster:
     state_dir: Path
-    net: Net = field(default_factory=default_net)
+    net: Net = field(default=None)  # type: ignore[assignment]  # None: the running cluster's, else default_net()
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            recorded = self.read_state().get("net")
+            self.net = Net(**recorded) if recorded else default_net()
 
     @property
     def state_file(self) -> Path:

@@ -118,7 +118,9 @@ def spawn_node(name: str, root: Path, net: Net, binds: list[str], log: Path) -> 
         "-D",
         str(root),
         "-b",
-        f"--machine={name}",
+        # The machine name also names the host's end of the veth ("vb-" + name, shortened with a hash when
+        # too long): prefixed by the bridge, so that two dev clusters on one host never collide.
+        f"--machine={net.bridge}-{name}",
         f"--hostname={name}",
         "--register=no",
         "--keep-unit",

@@ -89,13 +89,16 @@ def test_down_leaves_nothing_behind(dev_cluster) -> None:  # type: ignore[no-unt
         pytest.skip("INTELLECT_TEST_DEVCLUSTER_DIR: a cluster started by hand stays up")
     dev = dev_cluster.dev
     pids = [int(p) for p in dev.read_state()["pids"].values()]
+    ports = subprocess.run(["ip", "-o", "link", "show", "master", BRIDGE], capture_output=True, text=True)
+    veths = [line.split(":")[1].strip().split("@")[0] for line in ports.stdout.splitlines()]
+    assert len(veths) == 3  # the host's end of each node's link
     res = host_intellect("dev-cluster", "down", env=dev_cluster.env)
     assert res.returncode == 0, res.stderr
     assert wait(lambda: not [p for p in pids if nodes.alive(p)], 10)  # PID 1 may reap late
     assert nodes.pids_in_cgroups(BRIDGE) == set()
     assert nodes.mounts_under(dev.state_dir) == []
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
-    assert BRIDGE not in links and "vb-node" not in links
+    assert BRIDGE not in links and not [v for v in veths if v in links]
     assert (
         f"unreachable {PREFIX}.0/24"
         not in subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
