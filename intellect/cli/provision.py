@@ -114,6 +114,9 @@ def provision(
         if diff:
             print_diffs(result)
         console.print(recap_table(result))
+        slow = ", ".join(f"{t.task} {t.max_s:.1f} s" for t in result.slowest(5))
+        if slow:
+            console.print(f"[dim]slowest tasks (on their slowest host): {slow}[/dim]", highlight=False)
         for f in result.failures[:10]:
             console.print(f"[red]failed[/red] {f.host}: {f.task}: {f.message}")
     if not result.ok:

@@ -50,12 +50,26 @@ class Diff:
 
 
 @dataclass
+class TaskTime:
+    """How long one task took: on its slowest host, and summed over hosts."""
+
+    task: str
+    max_s: float = 0.0
+    total_s: float = 0.0
+    hosts: int = 0
+
+
+@dataclass
 class ProvisionResult:
     rc: int
     recap: dict[str, HostRecap] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     changed_tasks: list[tuple[str, str]] = field(default_factory=list)
     diffs: list[Diff] = field(default_factory=list)
+    task_times: list[TaskTime] = field(default_factory=list)
+
+    def slowest(self, count: int = 10) -> list[TaskTime]:
+        return sorted(self.task_times, key=lambda t: -t.max_s)[:count]
 
     @property
     def ok(self) -> bool:
@@ -69,6 +83,10 @@ class ProvisionResult:
             "failures": [vars(f) for f in self.failures],
             "changed_tasks": [{"host": h, "task": t} for h, t in self.changed_tasks],
             "diffs": [vars(d) for d in self.diffs],
+            "slowest_tasks": [
+                {"task": t.task, "max_s": round(t.max_s, 2), "total_s": round(t.total_s, 2), "hosts": t.hosts}
+                for t in self.slowest()
+            ],
         }
 
 
@@ -81,11 +99,17 @@ class EventCollector:
         self.changed: list[tuple[str, str]] = []
         self.stats: dict[str, dict[str, int]] = {}
         self.diffs: list[Diff] = []
+        self.times: dict[str, TaskTime] = {}
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
         data = event.get("event_data", {})
         host, task = data.get("host", ""), data.get("task", "")
+        if kind.startswith("runner_on_") and isinstance(data.get("duration"), int | float):
+            timing = self.times.setdefault(task, TaskTime(task))
+            timing.max_s = max(timing.max_s, float(data["duration"]))
+            timing.total_s += float(data["duration"])
+            timing.hosts += 1
         if kind == "runner_on_failed" and not data.get("ignore_errors"):
             self.failures.append(Failure(host, task, _message(data.get("res", {}))))
         elif kind == "runner_on_unreachable":
@@ -175,4 +199,11 @@ def run_playbook(
             rotate_artifacts=1,
         )
         rc = int(runner.rc if runner.rc is not None else 1)
-    return ProvisionResult(rc, collector.recap(), collector.failures, collector.changed, collector.diffs)
+    return ProvisionResult(
+        rc,
+        collector.recap(),
+        collector.failures,
+        collector.changed,
+        collector.diffs,
+        list(collector.times.values()),
+    )
