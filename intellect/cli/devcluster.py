@@ -102,6 +102,7 @@ def ssh_cmd(node: str, command: tuple[str, ...], state_dir: Path | None) -> None
     intellect dev-cluster ssh -- intellect launch recipes/debug-cluster.yaml
     """
     import os
+    import re
     import shlex
 
     from intellect.devcluster.inventory import node_names
@@ -109,6 +110,8 @@ def ssh_cmd(node: str, command: tuple[str, ...], state_dir: Path | None) -> None
 
     cluster = _cluster(state_dir)
     names = node_names(int(cluster.read_state().get("nodes", 0)))
+    if not re.fullmatch(r"node\d+", node):  # `ssh -- CMD`: NODE was left out, this is the command
+        node, command = "node1", (node, *command)
     if node not in names:
         known = ", ".join(names) or "none: start one with intellect dev-cluster up"
         raise UsageError(f"unknown dev-cluster node {node!r} (nodes: {known})")

@@ -64,6 +64,8 @@ def test_intellect_runs_on_the_nodes_from_the_software_share(dev_cluster) -> Non
     )
     assert res.returncode == 0, res.stderr
     assert [n["name"] for n in json.loads(res.stdout)["nodes"]] == list(dev_cluster.names)
+    res = host_intellect("dev-cluster", "ssh", "--", "hostname", env=dev_cluster.env)  # node1 by default
+    assert res.returncode == 0 and res.stdout.strip() == "node1", res.stderr
     res = host_intellect("dev-cluster", "ssh", "node9", env=dev_cluster.env)
     assert (
         res.returncode == 2 and "unknown dev-cluster node 'node9' (nodes: node1, node2, node3)" in res.stderr
