@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from intellect.devcluster.cluster import DevCluster
-from tests.conftest import ROOT
 
 BRIDGE, PREFIX = "itl-test0", "10.214.0"
 NODES = 3
@@ -55,9 +54,10 @@ class DevClusterHandle:
         return Path(tempfile.mkdtemp(prefix=prefix + "-", dir=self.shared))
 
     def login(self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 120):
-        """Run ``argv`` on node1 from the checkout (bound there read-only), as single argv items."""
+        """Run ``argv`` on node1 as single argv items, in the shared folder as `dev-cluster ssh` does (there,
+        recipes/ is the checkout's)."""
         assigns = [f"{k}={v}" for k, v in {"NO_COLOR": "1", **(env or {})}.items()]
-        command = f"cd {shlex.quote(str(ROOT))} && exec env {shlex.join([*assigns, *argv])}"
+        command = f"cd {shlex.quote(str(self.shared))} && exec env {shlex.join([*assigns, *argv])}"
         return self.dev.ssh(1, command, timeout=timeout)
 
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120):

@@ -1,8 +1,9 @@
 """The real RL roles on the dev cluster, launched from its login node through submitit's Slurm executor.
 
 - recipes/debug-cluster.yaml: 1 trainer + 2 inference nodes. Each role runs on its planned node (read back from
-  Slurm, the role logs and `intellect jobs`), they talk over the dev cluster's bridge, and both inference servers
-  serve rollouts.
+  Slurm, the role logs and `intellect jobs`), they talk over the dev cluster's bridge, both inference servers
+  serve rollouts, and it learns: held-out accuracy rises by at least 0.15 in 80 steps (the full 150-step recipe
+  went 0.34 -> 0.70 here; the +0.25 claim itself is tested on one machine, in tests/test_e2e_learning.py).
 - Requeue: draining the trainer's node with `intellect drain --requeue` restarts the job on healthy nodes, and it
   resumes from its last checkpoint with no lost step.
 """
@@ -23,10 +24,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
-def _recipe(dev_cluster, name: str, **algorithm) -> Path:  # type: ignore[no-untyped-def]
+def _recipe(dev_cluster, name: str, eval_samples: int = 64, **algorithm) -> Path:  # type: ignore[no-untyped-def]
     data = yaml.safe_load((RECIPES / name).read_text())
     data["algorithm"].update(algorithm)
-    data["evals"].update(every=0, samples=64)
+    data["evals"].update(every=0, samples=eval_samples)
     path = dev_cluster.fresh_dir("recipe") / name
     path.write_text(yaml.safe_dump(data))
     return path
@@ -61,13 +62,8 @@ def launcher(dev_cluster):  # type: ignore[no-untyped-def]
     dev_cluster.reset()
 
 
-def test_debug_cluster_recipe_runs_split_over_three_nodes(dev_cluster, launcher) -> None:
-    recipe = _recipe(
-        dev_cluster,
-        "debug-cluster.yaml",
-        steps=8,
-        pretrain={"steps": 30, "learning_rate": 3e-3, "batch_size": 64},
-    )
+def test_debug_cluster_recipe_runs_split_over_three_nodes_and_learns(dev_cluster, launcher) -> None:
+    recipe = _recipe(dev_cluster, "debug-cluster.yaml", eval_samples=256, steps=80)
     run_dir = dev_cluster.fresh_dir("run") / "r"
     job = launcher(recipe, run_dir)
     roles: dict = {}
@@ -80,7 +76,7 @@ def test_debug_cluster_recipe_runs_split_over_three_nodes(dev_cluster, launcher)
             roles = rows[0]["roles"] if rows else {}
         return state if state in FINAL else ""
 
-    state = wait(finished, 300)
+    state = wait(finished, 600)
     assert state == "COMPLETED", _tail(run_dir / "logs" / "orchestrator-0.log")
     placement = _placement(run_dir)
     trainer, inference = placement["trainer"], placement["inference"]
@@ -100,7 +96,9 @@ def test_debug_cluster_recipe_runs_split_over_three_nodes(dev_cluster, launcher)
         addr = dev_cluster.dev.net.node_addr(dev_cluster.names.index(trainer[0]) + 1)
         assert log.count(f"{addr}:") > 10 and log.count("POST /v1/completions") > 10
     assert _nodes_in_log(run_dir / "logs" / "trainer-0.log", "trainer") == trainer
-    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 8
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 80 and summary["failed"] == 0
+    assert summary["eval_after"] - summary["eval_before"] >= 0.15, summary["evals"]
 
 
 STEPS = 30
