@@ -218,6 +218,13 @@ class DevCluster:
         link = wants / "systemd-networkd.service"
         if not link.is_symlink():
             link.symlink_to("/lib/systemd/system/systemd-networkd.service")
+        # Host keys of its own: the image's keys would be shared by every node (and every dev cluster).
+        done = root.parent / "host-keys.done"  # beside the node's root, not in it
+        if not done.exists():
+            for key in (root / "etc/ssh").glob("ssh_host_*"):
+                key.unlink()
+            subprocess.run(["ssh-keygen", "-q", "-A", "-f", str(root)], check=True, capture_output=True)
+            done.write_text("")
         dot_ssh = root / "root/.ssh"
         dot_ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
         (dot_ssh / "authorized_keys").write_text((self.state_dir / "ssh/id_ed25519.pub").read_text())
@@ -228,6 +235,10 @@ class DevCluster:
         command = local_bin / "intellect"
         command.unlink(missing_ok=True)
         command.symlink_to(Path(sys.prefix) / "bin" / "intellect")
+        # Throwaway nodes: dpkg need not fsync every file it unpacks (a testbed override, as in CI images).
+        dpkg_cfg = root / "etc/dpkg/dpkg.cfg.d"
+        dpkg_cfg.mkdir(parents=True, exist_ok=True)
+        (dpkg_cfg / "intellect-devcluster").write_text("force-unsafe-io\n")
         apt = root / "etc/apt"
         (apt / "sources.list").write_text(f"deb [trusted=yes] file:{REPO_IN_NODE} ./\n")
         for extra in (apt / "sources.list.d").glob("*"):

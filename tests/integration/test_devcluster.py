@@ -72,6 +72,13 @@ def test_intellect_runs_on_the_nodes_from_the_software_share(dev_cluster) -> Non
     )
 
 
+def test_each_node_has_its_own_ssh_host_key(dev_cluster) -> None:  # type: ignore[no-untyped-def]
+    keys = [
+        dev_cluster.dev.ssh(i, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1] for i in (1, 2, 3)
+    ]
+    assert len(set(keys)) == 3
+
+
 def test_second_provision_changes_nothing(dev_cluster) -> None:  # type: ignore[no-untyped-def]
     dev = dev_cluster.dev
     res = host_intellect("provision", "-i", str(dev.inventory_dir), "--json", env=dev_cluster.env)
