@@ -16,9 +16,11 @@ import yaml
 
 from intellect.recipe import Recipe, validate_recipe
 from intellect.rl.inference import default_port
-from intellect.rl.inference.server import BackgroundServer, app_for, build_engine, latest_weights, render_chat
+from intellect.rl.inference.server import BackgroundServer, build_engine, latest_weights, render_chat
 from intellect.rl.model import CharTokenizer, build_model, forward_logprobs, save_weights
 
+pytest_plugins = ["tests.inference_fixtures"]  # the one_thread and server fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "debug-cpu.yaml"
 TOK = CharTokenizer()
 
@@ -30,20 +32,9 @@ def tiny_recipe(run_dir: Path, **model: Any) -> Recipe:
     return validate_recipe(data)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """As the server process does (``configure_threads``): small matmuls are fastest on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
-    app = app_for(tiny_recipe(tmp_path_factory.mktemp("run")))
-    with BackgroundServer(app) as srv:
-        yield srv
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Recipe:
+    return tiny_recipe(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture

@@ -1,21 +1,28 @@
-"""The server's logprobs are the trainer's (``forward_logprobs``), before, during and after a weight update."""
+"""The server's logprobs are the trainer's (``forward_logprobs``), before, during and after a weight update.
+
+An update that lands mid-generation keeps the KV cache of the sequences in flight (the default): the tokens
+sampled after it are what the new weights give over the old weights' keys/values, and the completion is tagged
+with both weight steps. With ``kv_on_update="recompute"`` they are what the new weights give from scratch.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from intellect.recipe import Recipe, validate_recipe
-from intellect.rl.inference.server import BackgroundServer, app_for
-from intellect.rl.model import CharTokenizer, build_model, forward_logprobs, save_weights
+from intellect.rl.inference.server import BackgroundServer
+from intellect.rl.model import CharTokenizer, build_model, forward_cached, forward_logprobs, save_weights
 
+pytest_plugins = ["tests.inference_fixtures"]  # the one_thread and server fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "debug-cpu.yaml"
 PAD = CharTokenizer.pad_token_id
 ATOL = 1e-4
@@ -27,21 +34,6 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Recipe:
     data["run_dir"] = str(tmp_path_factory.mktemp("run"))
     data["model"].update(max_seq_len=96, max_new_tokens=24, dtype="float32")
     return validate_recipe(data)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """As the server process does (``configure_threads``): small matmuls are fastest on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def server(recipe: Recipe) -> Iterator[BackgroundServer]:
-    with BackgroundServer(app_for(recipe)) as srv:
-        yield srv
 
 
 async def post_all(url: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -98,11 +90,31 @@ def _split(got: torch.Tensor, old: torch.Tensor) -> int:
     return int(close.long().cumprod(0).sum())
 
 
-def test_weight_update_mid_generation_drops_nothing(server: BackgroundServer, recipe: Recipe) -> None:
+def kept_cache_logprobs(
+    old: torch.nn.Module, new: torch.nn.Module, choice: dict[str, Any], k: int
+) -> torch.Tensor:
+    """Logprobs of the completion's tokens k.. when the update landed after k sampled tokens: the cache of the
+    prompt and the first k-1 tokens comes from the old weights, the rest is decoded by the new ones (T = 1)."""
+    prompt, out = choice["prompt_token_ids"], choice["token_ids"]
+    context = prompt + out[: k - 1]
+    with torch.no_grad():
+        _, cache = forward_cached(old, None, input_ids=torch.tensor([context]))
+        rest = torch.tensor([out[k - 1 : -1]])
+        pos = torch.arange(len(context), len(context) + rest.shape[1]).unsqueeze(0)
+        logits = forward_cached(new, cache, input_ids=rest, position_ids=pos)[0][0]
+    return F.log_softmax(logits.float(), -1).gather(-1, torch.tensor(out[k:]).unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize(("mode", "step"), [("keep", 1), ("recompute", 2)])
+def test_weight_update_mid_generation_drops_nothing(
+    server: BackgroundServer, recipe: Recipe, mode: str, step: int
+) -> None:
     engine = server.app.state.engine
-    old_state = {k: v.clone() for k, v in engine.model.state_dict().items()}
-    new_model, _ = build_model(recipe.model.model_copy(update={"seed": 123}))
-    step_dir = save_weights(new_model.state_dict(), Path(recipe.run_dir) / "weights" / "step_1")
+    before = engine.weight_step
+    old_model, _ = build_model(recipe.model)
+    old_model.load_state_dict({k: v.clone() for k, v in engine.model.state_dict().items()})
+    new_model, _ = build_model(recipe.model.model_copy(update={"seed": 100 + step}))
+    step_dir = save_weights(new_model.state_dict(), Path(recipe.run_dir) / "weights" / f"step_{step}")
     bodies = [
         {"prompt": f"{i}: ", "temperature": 1.0, "seed": i, "max_tokens": 80, "ignore_eos": True}
         for i in range(32)
@@ -110,22 +122,29 @@ def test_weight_update_mid_generation_drops_nothing(server: BackgroundServer, re
 
     async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
         gen = asyncio.create_task(post_all(server.url, bodies))
-        while engine.in_flight < 32 or engine.stats.tokens == 0:
+        while engine.in_flight < 32 or engine.stats.tokens == tokens0:
             await asyncio.sleep(0.001)
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
-            resp = await c.post("/update_weights", json={"path": str(step_dir), "step": 1})
+            resp = await c.post("/update_weights", json={"path": str(step_dir), "step": step})
         return await gen, resp.json()
 
-    choices, answer = asyncio.run(scenario())
-    assert answer == {"step": 1}
-    assert httpx.get(f"{server.url}/health").json()["weight_step"] == 1
-    old_model, _ = build_model(recipe.model)
-    old_model.load_state_dict(old_state)
+    engine.kv_on_update, tokens0, recomputes0 = mode, engine.stats.tokens, engine.stats.recomputes
+    try:
+        choices, answer = asyncio.run(scenario())
+    finally:
+        engine.kv_on_update = "keep"
+    assert answer == {"step": step}
+    assert httpx.get(f"{server.url}/health").json()["weight_step"] == step
+    assert engine.stats.recomputes - recomputes0 == (1 if mode == "recompute" else 0)
     old_ref = trainer_logprobs(old_model, choices, 1.0, "left")
-    new_ref = trainer_logprobs(new_model, choices, 1.0, "right")
-    for c, old, new in zip(choices, old_ref, new_ref, strict=True):
-        assert len(c["token_ids"]) == 80 and c["weight_steps"] == [-1, 1]
+    fresh_ref = trainer_logprobs(new_model, choices, 1.0, "right")
+    kept_differs = False
+    for c, old, fresh in zip(choices, old_ref, fresh_ref, strict=True):
+        assert len(c["token_ids"]) == 80 and c["weight_steps"] == [before, step]
         got = torch.tensor(c["logprobs"]["token_logprobs"])
         k = _split(got, old)
         assert 0 < k < 80, k
-        assert torch.allclose(got[k:], new[k:], atol=ATOL), (got[k:] - new[k:]).abs().max()
+        ref = fresh if mode == "recompute" else kept_cache_logprobs(old_model, new_model, c, k)
+        assert torch.allclose(got[k:], ref[k:] if mode == "recompute" else ref, atol=ATOL), mode
+        kept_differs |= not torch.allclose(got[k:], fresh[k:], atol=ATOL)
+    assert kept_differs == (mode == "keep")  # the two modes are told apart by this test

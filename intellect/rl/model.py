@@ -8,11 +8,12 @@ On the CPU path the model is a tiny Llama built from config with a character tok
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -98,8 +99,33 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 def forward_logits(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask))
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions(attention_mask),
+        use_cache=False,  # training: no KV cache to build and drop
+    )
     return out.logits.float()
+
+
+def forward_cached(model: torch.nn.Module, cache: Any, **inputs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """One forward that extends the KV cache ``cache`` (None: the model makes a new one): (logits, cache).
+
+    transformers 5.24 renamed the argument and the output field ``past_key_values`` to ``cache`` (the old
+    argument warns); this takes whichever the installed version has."""
+    arg = _cache_arg(type(model))
+    out = model(**inputs, **{arg: cache}, use_cache=True)
+    return out.logits, getattr(out, arg)
+
+
+_CACHE_ARGS: dict[type, str] = {}
+
+
+def _cache_arg(cls: type[torch.nn.Module]) -> str:
+    if cls not in _CACHE_ARGS:
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_ARGS[cls] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_ARGS[cls]
 
 
 def forward_logprobs(

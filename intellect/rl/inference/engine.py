@@ -3,9 +3,15 @@
 One worker thread runs the decode loop; the asyncio server only submits work and awaits futures, so torch never
 blocks the event loop. Each iteration of the loop:
 
-1. applies pending weight updates (between two decode steps), then rebuilds the KV cache of the sequences in
-   flight with the new weights, so every token sampled after the update is exactly what the new weights give;
-2. admits queued sequences up to ``max_batch`` (one prefill for all of them, merged into the batch's KV cache);
+1. applies pending weight updates (between two decode steps): the weights file is mapped, checked and swapped
+   in (``weights.WeightLoader``: no copy, and no thread hop). The sequences in flight keep their KV cache and
+   go on decoding with the new weights, as in-flight updates do in PipelineRL, prime-rl and vLLM: their
+   keys/values up to the update come from the old weights, every token sampled after it from the new ones, and
+   the completion is tagged with both weight steps. ``kv_on_update="recompute"`` rebuilds the cache of the
+   sequences in flight with the new weights instead (exactly what the new weights give, for one prefill of the
+   whole batch at each update);
+2. admits queued sequences up to ``max_batch`` (one prefill for all of them, merged into the batch's KV cache;
+   sequences with the same prompt, such as the n choices of one request, share the prefill of that prompt);
 3. runs one decode step for every sequence in flight, samples one token each, and retires the finished ones.
 
 The batch's KV cache is left-padded: each row's tokens sit in the right-most columns, the attention mask marks
@@ -21,13 +27,15 @@ import time
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from intellect.rl.model import positions
+from intellect.rl.inference.weights import WeightLoader
+from intellect.rl.model import forward_cached, positions
 
 if TYPE_CHECKING:
     from intellect.rl.inference.metrics import InferenceMetrics
@@ -66,6 +74,7 @@ class EngineStats:
     tokens: int = 0
     max_batch_seen: int = 0
     updates: int = 0
+    recomputes: int = 0
 
 
 @dataclass
@@ -84,7 +93,7 @@ class _Seq:
 
 @dataclass
 class _Update:
-    state: dict[str, torch.Tensor]
+    path: Path
     step: int
     future: Future[int]
 
@@ -106,8 +115,13 @@ class Engine:
         weight_step: int = -1,
         seed: int = 0,
         metrics: InferenceMetrics | None = None,
+        kv_on_update: Literal["keep", "recompute"] = "keep",
     ) -> None:
+        if kv_on_update not in ("keep", "recompute"):
+            raise ValueError(f"kv_on_update must be 'keep' or 'recompute' (got {kv_on_update!r})")
         self.model = model.eval()
+        self.weights = WeightLoader(self.model)
+        self.kv_on_update = kv_on_update
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_seq_len = max_seq_len
@@ -167,14 +181,15 @@ class Engine:
             self._cond.notify_all()
         return fut
 
-    def update_weights(self, state: dict[str, torch.Tensor], step: int) -> Future[int]:
-        """Swap in new weights between two decode steps; the future resolves with ``step`` once applied."""
-        check_state(self.model, state)
+    def update_weights(self, path: str | Path, step: int) -> Future[int]:
+        """Read ``path/model.safetensors`` and swap it in between two decode steps (the decode loop does both,
+        so no thread hop is added). The future resolves with ``step`` once applied, or raises ValueError when
+        the file does not fit the model (the served weights are then unchanged)."""
         fut: Future[int] = Future()
         with self._cond:
             if self._stopping:
                 raise EngineStopped("the inference engine is stopping")
-            self._updates.append(_Update(state, step, fut))
+            self._updates.append(_Update(Path(path), step, fut))
             self._cond.notify_all()
         return fut
 
@@ -231,22 +246,30 @@ class Engine:
     def _apply_update(self, upd: _Update) -> None:
         start = time.perf_counter()
         try:
-            load_state(self.model, upd.state)
+            self.weights.swap(self.weights.read(upd.path))
         except Exception as exc:
             _resolve(upd.future, exc=exc)
             return
         self._weight_step = upd.step
         self.stats.updates += 1
-        if self._active:  # the cached keys/values came from the old weights: recompute them
+        if self._active and self.kv_on_update == "recompute":
             contexts = [s.prompt + s.out[:-1] for s in self._active]
             self._cache, self._mask, _ = self._prefill(contexts)
+            self.stats.recomputes += 1
         if self.metrics is not None:
             self.metrics.weight_step.set(upd.step)
             self.metrics.apply_seconds.observe(time.perf_counter() - start)
         _resolve(upd.future, result=upd.step)
 
     def _admit(self, new: list[_Seq]) -> None:
-        cache, mask, logits = self._prefill([s.prompt for s in new])
+        """Prefill each distinct prompt once (the n choices of a request share theirs), then sample."""
+        rows: dict[tuple[int, ...], int] = {}
+        which = [rows.setdefault(tuple(s.prompt), len(rows)) for s in new]
+        cache, mask, logits = self._prefill([list(p) for p in rows])
+        if len(rows) < len(new):
+            idx = torch.tensor(which, dtype=torch.long)
+            cache, mask = _select(cache, mask, idx)
+            logits = logits.index_select(0, idx)
         tokens = self._sample(new, logits)
         if self._active:
             self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
@@ -260,15 +283,15 @@ class Engine:
         batch = len(self._active)
         mask = torch.cat([self._mask, torch.ones(batch, 1, dtype=torch.long)], dim=1)
         pos = self._mask.sum(-1, keepdim=True)
-        out = self.model(
+        logits, self._cache = forward_cached(
+            self.model,
+            self._cache,
             input_ids=self._pending.unsqueeze(-1),
             attention_mask=mask,
             position_ids=pos,
-            past_key_values=self._cache,
-            use_cache=True,
         )
-        self._cache, self._mask = out.past_key_values, mask
-        self._pending = self._sample(self._active, out.logits[:, -1])
+        self._mask = mask
+        self._pending = self._sample(self._active, logits[:, -1])
         self.stats.decode_steps += 1
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, batch)
         if self.metrics is not None:
@@ -281,15 +304,11 @@ class Engine:
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], dtype=torch.long)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions(mask),
-            past_key_values=_new_cache(),
-            use_cache=True,
+        logits, cache = forward_cached(
+            self.model, _new_cache(), input_ids=ids, attention_mask=mask, position_ids=positions(mask)
         )
         self.stats.prefills += 1
-        return out.past_key_values, mask, out.logits[:, -1]
+        return cache, mask, logits[:, -1]
 
     def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> torch.Tensor:
         """One token per row (greedy where T = 0, else inverse-CDF with the row's own RNG); record logprobs."""
@@ -440,34 +459,6 @@ def _select(cache: Any, mask: torch.Tensor, idx: torch.Tensor) -> tuple[Any, tor
         layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
         layer.values = layer.values.index_select(0, idx)[:, :, start:]
     return cache, mask[:, start:]
-
-
-# ------------------------------------------------------------------------------------------- weights
-
-
-def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """ValueError naming the first mismatch if ``state`` does not fit ``model``."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    if missing or extra:
-        raise ValueError(
-            f"weights do not fit the served model: missing {missing[:3]}, unexpected {extra[:3]}"
-        )
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(own[name].shape):
-            raise ValueError(f"weights do not fit the served model: {name} has shape {tuple(tensor.shape)}")
-
-
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Point each parameter and buffer at the loaded tensor (no copy; a cast only where dtypes differ).
-
-    The caller checked the names and shapes (``check_state``); the loaded tensors are fresh, never shared."""
-    named: dict[str, torch.Tensor] = dict(model.named_parameters())
-    named.update(model.named_buffers())
-    for name, tensor in state.items():
-        target = named[name]
-        target.data = tensor if tensor.dtype == target.dtype else tensor.to(target.dtype)
 
 
 def _resolve(fut: Future[Any], result: Any = None, exc: BaseException | None = None) -> None:

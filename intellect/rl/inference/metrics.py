@@ -32,7 +32,8 @@ class InferenceMetrics:
         )
         self.apply_seconds = Histogram(
             "intellect_inference_weight_apply_seconds",
-            "Swapping weights in between two decode steps (and recomputing in-flight KV caches)",
+            "Reading and swapping weights in between two decode steps (and, with kv_on_update=recompute, "
+            "rebuilding the KV cache of the sequences in flight)",
             buckets=SECONDS_BUCKETS,
             registry=r,
         )

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 THREADS_ENV = "INTELLECT_INFERENCE_THREADS"
+KV_ENV = "INTELLECT_INFERENCE_KV_ON_UPDATE"
 
 
 class ApiError(Exception):
@@ -183,7 +184,7 @@ class _Api:
         return self.envelope("chat.completion", prompt, choices)
 
     async def update_weights(self, req: UpdateRequest) -> dict[str, Any]:
-        from intellect.rl.model import STABLE, is_stable, load_weights
+        from intellect.rl.model import STABLE, is_stable
 
         start = time.perf_counter()
         path = Path(req.path)
@@ -194,11 +195,10 @@ class _Api:
                 409,
                 f"{path}: no {STABLE} marker, the weights are incomplete; post again once the trainer wrote it",
             )
-        try:  # reading and checking the tensors happen off the event loop
-            future = await asyncio.to_thread(lambda: self.engine.update_weights(load_weights(path), req.step))
-        except ValueError as exc:
+        try:  # the decode loop reads and checks the file between two decode steps: the event loop never blocks
+            step = await asyncio.wrap_future(self.engine.update_weights(path, req.step))
+        except (ValueError, OSError) as exc:
             raise ApiError(400, f"{path}: {exc}") from exc
-        step = await asyncio.wrap_future(future)
         self.metrics.update_seconds.observe(time.perf_counter() - start)
         log.info("weights of step %d applied from %s", step, path)
         return {"step": step}
@@ -239,8 +239,8 @@ def create_app(engine: Engine, metrics: InferenceMetrics, model_name: str, max_n
         return JSONResponse(out)
 
     @app.post("/update_weights")
-    async def update_weights(req: UpdateRequest) -> dict[str, Any]:
-        return await api.update_weights(req)
+    async def update_weights(req: UpdateRequest) -> JSONResponse:
+        return JSONResponse(await api.update_weights(req))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -273,19 +273,26 @@ def latest_weights(run_dir: str | Path) -> tuple[int, Path] | None:
 
 
 def build_engine(recipe: Recipe, metrics: InferenceMetrics | None = None) -> Engine:
-    """The model from the recipe; the newest STABLE weights of the run if any (weight_step -1 otherwise)."""
+    """The model from the recipe; the newest STABLE weights of the run if any (weight_step -1 otherwise).
+
+    ``$INTELLECT_INFERENCE_KV_ON_UPDATE=recompute`` makes in-flight weight updates rebuild the KV cache of the
+    sequences in flight (default ``keep``: they go on decoding over their cache; see ``engine.py``)."""
     import torch
 
-    from intellect.rl.inference.engine import Engine, load_state
-    from intellect.rl.model import build_model, load_weights
+    from intellect.rl.inference.engine import Engine
+    from intellect.rl.inference.weights import WeightLoader
+    from intellect.rl.model import build_model
 
     torch.manual_seed(recipe.model.seed)
     model, tok = build_model(recipe.model)
+    kv_mode = os.environ.get(KV_ENV, "keep")
+    if kv_mode not in ("keep", "recompute"):
+        raise ValueError(f"${KV_ENV} must be 'keep' or 'recompute' (got {kv_mode!r})")
     step = -1
     latest = latest_weights(recipe.run_dir)
     if latest is not None:
         step, path = latest
-        load_state(model, load_weights(path))
+        WeightLoader(model).load(path)
         log.info("serving weights of step %d from %s", step, path)
     return Engine(
         model,
@@ -295,6 +302,7 @@ def build_engine(recipe: Recipe, metrics: InferenceMetrics | None = None) -> Eng
         weight_step=step,
         seed=recipe.model.seed,
         metrics=metrics,
+        kv_on_update=kv_mode,  # type: ignore[arg-type]
     )
 
 

@@ -96,7 +96,10 @@ class InferenceClient:
         if not urls:
             raise InferenceError("no inference server given", hint="set INFERENCE_URLS=http://host:port,...")
         self.servers = [Server(u.rstrip("/")) for u in urls]
-        self._http = httpx.AsyncClient(transport=transport, timeout=request_timeout_s)
+        # no pool cap: every group in flight holds a request open (httpx's default caps 100 connections and
+        # keeps 20 alive, which queues requests and reconnects at each one beyond that)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        self._http = httpx.AsyncClient(transport=transport, timeout=request_timeout_s, limits=limits)
         self.retry_for_s = retry_for_s
         self.backoff_s = backoff_s
         self.probe_every_s = probe_every_s

@@ -1,8 +1,9 @@
 """The Orchestrator: supervised asyncio tasks around one readable main loop (``Orchestrator.run``).
 
 Tasks: ``refill`` (producer: keeps ``prompts_per_step x (1 + max_async_level)`` groups in flight and starts a
-new group the moment one is absorbed), ``weights`` (polls weights/ every ~50 ms, pushes new weights to every
-server while requests are in flight, queues online evals), ``evals`` (runs them), and one short task per group.
+new group the moment one is absorbed), ``weights`` (waits in a worker thread, polling every ~10 ms, for the next
+weights/step_N/STABLE, pushes new weights to every server while requests are in flight, queues online evals),
+``evals`` (runs them), and one short task per group.
 The main loop absorbs finished groups into the batch they were generated for and hands complete batches over.
 A background task that returns or raises stops the run (``Supervisor.watch``).
 """
@@ -14,6 +15,7 @@ import contextlib
 import copy
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -103,7 +105,7 @@ class Orchestrator:
         env_factory: Callable[[EnvSpec], Environment] | None = None,
         metrics_port: int | None = None,  # None: the recipe's; 0: any free port; -1: no /metrics
         metrics_addr: str = "0.0.0.0",
-        poll_s: float = 0.05,
+        poll_s: float = 0.01,
         client_options: dict[str, Any] | None = None,
         health_timeout_s: float = 600.0,
     ) -> None:
@@ -119,6 +121,7 @@ class Orchestrator:
         self.client_options, self.health_timeout_s = client_options or {}, health_timeout_s
         self.counts, self.last_counts = Counts(), Counts()
         self.pushed = -1
+        self.closing = threading.Event()  # stops the worker threads that poll the run directory
         self.pending_eval: float | None = None
         self.groups: set[asyncio.Task[None]] = set()
         self.telemetry = Telemetry()
@@ -196,6 +199,7 @@ class Orchestrator:
             log.info("resuming after complete batch %d", first - 1)
 
     async def close(self) -> None:
+        self.closing.set()
         for task in list(self.groups):
             task.cancel()
         await asyncio.gather(*self.groups, return_exceptions=True)
@@ -207,26 +211,31 @@ class Orchestrator:
 
     # ------------------------------------------------------------------------------------------ weights
 
-    async def push_latest(self) -> int | None:
-        """Push the newest complete weights to the servers if they are newer than the last pushed."""
-        latest = await asyncio.to_thread(writer.latest_weights, self.run_dir)
-        if latest is not None and latest > self.pushed:
-            await self.client.update_weights(str(writer.weights_dir(self.run_dir, latest)), latest)
-            old, self.pushed = self.pushed, latest
-            self.queue_evals(old, latest)
-        return latest
+    async def newer_weights(self) -> int | None:
+        """The newest complete weights above those pushed, once there are some (None when closing)."""
+        return await asyncio.to_thread(
+            writer.wait_newer_weights, self.run_dir, self.pushed, self.poll_s, self.closing
+        )
+
+    async def push(self, step: int) -> None:
+        """Push weights/step_N to the servers (they apply it between two decode steps, requests in flight)."""
+        await self.client.update_weights(str(writer.weights_dir(self.run_dir, step)), step)
+        old, self.pushed = self.pushed, step
+        self.queue_evals(old, step)
 
     async def sync_weights(self, step: int) -> None:
         """Wait for weights/step_{>=step}/STABLE, push them, wait until the servers run them."""
-        while (latest := await self.push_latest()) is None or latest < step:
-            await asyncio.sleep(self.poll_s)
+        while self.pushed < step:
+            latest = await self.newer_weights()
+            if latest is None:
+                raise RunError("the orchestrator was closed while waiting for weights")
+            await self.push(latest)
         await self.client.wait_all_at(step)
 
     async def follow_weights(self) -> None:
         """Background: new weights go to the servers as soon as they are complete (in-flight updates)."""
-        while True:
-            await self.push_latest()
-            await asyncio.sleep(self.poll_s)
+        while (latest := await self.newer_weights()) is not None:
+            await self.push(latest)
 
     # ------------------------------------------------------------------------------------------ groups
 

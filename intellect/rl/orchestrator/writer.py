@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,25 @@ def stable_steps(folder: str | Path) -> list[int]:
 def latest_weights(run_dir: str | Path) -> int | None:
     steps = stable_steps(Path(run_dir) / "weights")
     return steps[-1] if steps else None
+
+
+def wait_newer_weights(run_dir: str | Path, after: int, poll_s: float, stop: threading.Event) -> int | None:
+    """Block until complete weights newer than ``after`` exist; return the newest step (None once ``stop`` is set).
+
+    Runs in a worker thread (one hop per new step, not one per poll). Each poll is a single stat of
+    ``weights/step_{after+1}/STABLE``; the folder is listed when that appears and about once a second (a run
+    that resumes, or a trainer that published several steps since, skips ahead)."""
+    nxt = weights_dir(run_dir, after + 1) / STABLE
+    list_every = max(1, round(1.0 / poll_s))
+    polls = 0
+    while not stop.is_set():
+        if polls % list_every == 0 or nxt.exists():
+            latest = latest_weights(run_dir)
+            if latest is not None and latest > after:
+                return latest
+        polls += 1
+        stop.wait(poll_s)
+    return None
 
 
 def last_complete_rollouts(run_dir: str | Path) -> int:
