@@ -25,7 +25,14 @@ import yaml
 from intellect.recipe import Recipe, validate_recipe
 from intellect.rl.envs.base import Environment, Task
 from intellect.rl.model import CharTokenizer, load_weights
-from intellect.rl.trainer.data import build_rl_batch, build_sft_batch, rank_slice
+from intellect.rl.trainer import data
+from intellect.rl.trainer.data import (
+    build_rl_batch,
+    build_sft_batch,
+    rank_slice,
+    rollouts_dir,
+    wait_for_rollouts,
+)
 from intellect.rl.trainer.metrics import TrainerMetrics
 from intellect.rl.trainer.train import Trainer
 
@@ -157,6 +164,24 @@ def test_incomplete_rollouts_are_not_read(tmp_path: Path) -> None:
     write_rollouts(tmp_path, 1, stable=True)
     record = trainer.train_step(1)
     assert record["step"] == 1 and trainer.step == 1
+
+
+def test_rollout_polls_start_fast_and_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that lands soon is seen within milliseconds; a long wait polls at most every ``poll_s``."""
+    folder = rollouts_dir(tmp_path, 1)
+    folder.mkdir(parents=True)
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 12:
+            (folder / data.STABLE).touch()
+
+    monkeypatch.setattr(data.time, "sleep", sleep)
+    got, _ = wait_for_rollouts(tmp_path, 1, poll_s=0.05)
+    assert got == folder and len(sleeps) == 12
+    assert sleeps[0] == pytest.approx(0.005) and sleeps[1] == pytest.approx(0.0075)
+    assert sleeps == sorted(sleeps) and max(sleeps) == 0.05 and sleeps[-4:] == [0.05] * 4
 
 
 def test_warmup_learns_and_publishes_step_0(tmp_path: Path) -> None:

@@ -70,14 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     port = recipe.roles.trainer.metrics_port if args.metrics_port is None else args.metrics_port
     if port:
         metrics.serve(port + info.rank, args.metrics_host)
+    clean = False
     try:
         Trainer(recipe, info=info, metrics=metrics, rollout_timeout_s=args.rollout_timeout).run()
+        clean = True
     except (TimeoutError, ValueError, FileNotFoundError) as exc:
         logging.getLogger("intellect.rl.trainer").error("trainer failed: %s", exc)
         return 1
     finally:
         metrics.close()
-        shutdown_distributed()
+        shutdown_distributed(clean)
     return 0
 
 

@@ -52,6 +52,9 @@ class Batch:
 # ------------------------------------------------------------------------------------------------ rollouts
 
 
+FIRST_POLL_S = 0.005
+
+
 def rollouts_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "rollouts" / f"step_{step}"
 
@@ -65,12 +68,16 @@ def wait_for_rollouts(
 ) -> tuple[Path, float]:
     """Poll until ``rollouts/step_N/STABLE`` exists; return the folder and the seconds waited.
 
+    The first polls come every 5 ms and back off by 1.5x up to ``poll_s``: a batch that lands soon after the
+    trainer asks for it (the usual case at ``max_async_level`` >= 1) is seen within milliseconds, while a long
+    wait costs one stat per ``poll_s`` (the shared filesystem's metadata server sees every rank's polls).
     A folder without STABLE is never read. Raises TimeoutError after ``timeout_s`` and InterruptedError when
     ``should_stop`` says so.
     """
     folder = rollouts_dir(run_dir, step)
     start = time.monotonic()
     next_note = start + 30.0
+    delay = min(FIRST_POLL_S, poll_s)
     while not (folder / STABLE).exists():
         now = time.monotonic()
         if timeout_s is not None and now - start > timeout_s:
@@ -80,7 +87,8 @@ def wait_for_rollouts(
         if now >= next_note:
             log.info("still waiting for %s (%.0f s)", folder, now - start)
             next_note = now + 30.0
-        time.sleep(poll_s)
+        time.sleep(delay)
+        delay = min(delay * 1.5, poll_s)
     return folder, time.monotonic() - start
 
 

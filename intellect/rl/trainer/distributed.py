@@ -82,8 +82,13 @@ def init_distributed(info: DistInfo, default_port: int, device: torch.device) ->
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
+def shutdown_distributed(clean: bool) -> None:
+    """Leave the process group. After a clean run every rank meets at a barrier first: rank 0 hosts the
+    rendezvous store, and tearing it down while another rank still talks to it aborted that process at exit
+    ("terminate called without an active exception", seen with gloo). After a failure the group is left as is:
+    a collective teardown with a dead or stuck peer can hang, and the process is about to exit anyway."""
+    if dist.is_initialized() and clean:
+        dist.barrier()
         dist.destroy_process_group()
 
 
