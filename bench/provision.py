@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python bench/provision.py [--sizes 2,4,8] [--cold-sizes 4] [--state-dir DIR]
 
-cold: an empty image cache (debootstrap, tar.zst, the local apt repository) + boot + provision.
+cold: an empty image cache (debootstrap, the local apt repository, the node image) + boot + provision.
 warm: the cached image and repository, fresh nodes (boot + provision). rerun: `provision` on the running
 cluster, which must report changed=0 (pure Ansible overhead). Uses its own bridge and state folder and tears
 down after each size. Goals (issue 4): 4 nodes warm <= 60 s, cold <= 3 min; 64-node projection <= 30 min.
@@ -104,7 +104,7 @@ def main() -> None:
         sys.exit("bench/provision.py needs root (it boots systemd-nspawn nodes)")
     sizes = [int(s) for s in args.sizes.split(",") if s]
     cold_sizes = [int(s) for s in args.cold_sizes.split(",") if s]
-    image.ensure_base_image()
+    image.ensure_node_image(image.ensure_base_image())
     print(f"{'nodes':>5} {'mode':>5} {'boot s':>7} {'up s':>7} {'rerun s':>8} {'down s':>7}")
     warm: dict[int, dict[str, float]] = {}
     for n in sizes:

@@ -1,7 +1,7 @@
 """``intellect dev-cluster``: N systemd-nspawn nodes on a private bridge, provisioned by our own playbooks.
 
 Layout under the state folder (``INTELLECT_DEVCLUSTER_DIR``, default /var/lib/intellect/devcluster):
-``base/`` (the unpacked image, every node's lower layer), ``nodes/<name>/{upper,work,root}``, ``ssh/``,
+``nodes/<name>/{upper,work,root}`` (over the cached node image, unpacked, every node's lower layer), ``ssh/``,
 ``munge.key``, ``inventory/``, ``facts/``, ``logs/``, ``state.json``, and ``shared/``, bound into every node at
 the same path (it stands for Lustre/NFS; ``down`` keeps it, it holds users' run folders).
 
@@ -139,9 +139,10 @@ class DevCluster:
             log("cleaning up an earlier dev cluster first")
             self.teardown(log)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        base_image = image.ensure_base_image(log)
-        base = image.extract_base(base_image, self.state_dir / "base")
-        repo = image.ensure_repo(base, log=log)
+        base = image.ensure_node_image(
+            image.ensure_base_image(log), log
+        )  # every node's read-only lower layer
+        repo = image.ensure_repo(base, log=log)  # made with the node image
         self._prepare_secrets()
         nodes.bridge_up(self.net)
         pids = {}

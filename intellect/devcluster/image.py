@@ -1,7 +1,14 @@
-"""The dev cluster's base image (debootstrap, cached as tar.zst) and its local apt repository.
+"""The dev cluster's images (cached as tar.zst) and its local apt repository.
 
-Both are built on the host from Debian's registry and cached under ``cache_dir()``: the nodes never reach
+All are built on the host from Debian's registry and cached under ``cache_dir()``: the nodes never reach
 outside. The repository is a plain folder of .deb files with a Packages index, bound read-only into each node.
+
+Two images: the base image (debootstrap: systemd, sshd, Python) and the node image, the base with the packages
+the playbooks install already unpacked, as a site's golden node image would have them. Every daemon they bring
+is disabled and no key is left behind (munge's key, SSH host keys are per node): the playbooks still configure,
+key, enable and start everything, and their apt tasks still run against the local repository; they just find
+the packages present (about 20 s less per ``up`` on the controller, measured, and far less CPU for the whole
+cluster: each node used to unpack the same packages on the same two cores).
 """
 
 from __future__ import annotations
@@ -30,6 +37,21 @@ NODE_PACKAGES = (
     "numactl",
     "rsync",
 )
+
+
+# The units those packages enable on install: left disabled in the node image (the playbooks enable theirs).
+NODE_UNITS = (
+    "munge.service",
+    "slurmctld.service",
+    "slurmd.service",
+    "slurmdbd.service",
+    "mariadb.service",
+    "prometheus.service",
+    "prometheus-alertmanager.service",
+    "prometheus-node-exporter.service",
+)
+NODE_IMAGE_VERSION = "1"  # bump when the recipe below changes
+COMPLETE = ".intellect-complete"  # written last into an unpacked image
 
 
 def cache_dir() -> Path:
@@ -86,8 +108,8 @@ def ensure_base_image(log=print) -> Path:  # type: ignore[no-untyped-def]
 
 def extract_base(image: Path, dest: Path) -> Path:
     """Unpack the base image once per cluster (the lower layer of every node's overlay)."""
-    marker = dest / ".intellect-complete"
-    if marker.exists():
+    marker = dest / COMPLETE
+    if marker.exists() and marker.read_text().strip() == image.name:
         return dest
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -131,3 +153,69 @@ def ensure_repo(base_root: Path, packages: tuple[str, ...] = NODE_PACKAGES, log=
     tmp.write_text(res.stdout)
     tmp.rename(repo / "Packages")
     return repo
+
+
+def node_image_path(packages: tuple[str, ...] = NODE_PACKAGES) -> Path:
+    key = _key(base_image_path().name, NODE_IMAGE_VERSION, *packages, *NODE_UNITS)
+    return cache_dir() / f"node-{SUITE}-{key}"
+
+
+def ensure_node_image(base_image: Path, log=print) -> Path:  # type: ignore[no-untyped-def]
+    """The cached node image, unpacked: the base image with NODE_PACKAGES installed from the local repository
+    (once, under a minute, in a non-booted systemd-nspawn container with no network).
+
+    It stays unpacked in the cache and every node of every dev cluster mounts it read-only as the lower layer
+    of its overlay (nothing ever writes to it), so ``up`` unpacks nothing (unpacking it per cluster took 7 s
+    of a 4-node ``up``). The folder is renamed into place when complete."""
+    out = node_image_path()
+    if (out / COMPLETE).exists():
+        return out
+    work = out.parent / f"node-build-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        root = extract_base(base_image, work)
+        repo = ensure_repo(root, log=log)
+        log(f"installing {len(NODE_PACKAGES)} packages into the node image (once, about a minute): {out}")
+        (root / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")  # no daemon starts while building
+        (root / "usr/sbin/policy-rc.d").chmod(0o755)
+        (root / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/srv/repo ./\n")
+        for extra in (root / "etc/apt/sources.list.d").glob("*"):
+            extra.unlink()
+        script = (
+            "set -e; export DEBIAN_FRONTEND=noninteractive; "
+            "apt-get -qq -o Dpkg::Options::=--force-unsafe-io update; "
+            "apt-get -qq -y --no-install-recommends -o Dpkg::Options::=--force-unsafe-io install "
+            + " ".join(NODE_PACKAGES)
+            + "; for u in "
+            + " ".join(NODE_UNITS)
+            + "; do systemctl disable $u >/dev/null 2>&1 || true; done"
+        )
+        _run(
+            [
+                "systemd-nspawn",
+                "-q",
+                "-D",
+                str(root),
+                "--register=no",
+                "--keep-unit",
+                "--private-network",
+                f"--bind-ro={repo}:/srv/repo",
+                "sh",
+                "-c",
+                script,
+            ],
+            "installing the node image's packages",
+        )
+        (root / "usr/sbin/policy-rc.d").unlink()
+        (root / "etc/munge/munge.key").unlink(missing_ok=True)  # the munge role installs the cluster's key
+        for leftover in [
+            *(root / "var/cache/apt/archives").glob("*.deb"),
+            *(root / "var/lib/apt/lists").glob("*_*"),
+        ]:
+            leftover.unlink()
+        (root / COMPLETE).write_text(out.name + "\n")
+        shutil.rmtree(out, ignore_errors=True)  # a half-built one from an interrupted run
+        work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out

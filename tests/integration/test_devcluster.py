@@ -79,6 +79,24 @@ def test_each_node_has_its_own_ssh_host_key(dev_cluster) -> None:  # type: ignor
     assert len(set(keys)) == 3
 
 
+def test_node_image_leaves_keys_and_daemons_to_the_playbooks(dev_cluster) -> None:  # type: ignore[no-untyped-def]
+    """The cached node image has the packages but no munge key and no daemon enabled: the playbooks key, enable
+    and start them on each node (the image stands for a site's golden image, not for provisioning)."""
+    from intellect.devcluster import image
+
+    lower = image.node_image_path()
+    assert (lower / "usr/sbin/slurmctld").exists() and not (lower / "etc/munge/munge.key").exists()
+    wants = lower / "etc/systemd/system/multi-user.target.wants"
+    assert not {p.name for p in wants.iterdir()} & set(image.NODE_UNITS)
+    dev = dev_cluster.dev
+    cluster_key = subprocess.run(
+        ["sha256sum", str(dev.state_dir / "munge.key")], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    for i in (1, 2, 3):
+        out = dev.ssh(i, "sha256sum /etc/munge/munge.key; systemctl is-enabled munge slurmd").stdout.split()
+        assert out[0] == cluster_key and out[2:] == ["enabled", "enabled"], out
+
+
 def test_second_provision_changes_nothing(dev_cluster) -> None:  # type: ignore[no-untyped-def]
     dev = dev_cluster.dev
     res = host_intellect("provision", "-i", str(dev.inventory_dir), "--json", env=dev_cluster.env)
