@@ -65,6 +65,11 @@ class InferenceRole(Strict):
     data_parallel: int = Field(1, ge=1, description="Model replicas per node (vLLM --data-parallel-size).")
     port: int = Field(8000, ge=1024, le=65535, description="HTTP port of the inference server.")
     max_batch: int = Field(64, ge=1, description="Most sequences decoded together (continuous batching).")
+    vllm_args: list[str] = Field(
+        default_factory=list,
+        description="Extra arguments appended to vLLM's command line, one item per argument, e.g. "
+        "['--gpu-memory-utilization', '0.85', '--enable-expert-parallel'] (backend vllm only).",
+    )
 
 
 class OrchestratorRole(Strict):

