@@ -20,11 +20,18 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 import yaml
 
 from intellect.recipe import Recipe, validate_recipe
 from intellect.rl.envs.base import Environment, Task
-from intellect.rl.model import CharTokenizer, load_weights
+from intellect.rl.model import (
+    CharTokenizer,
+    build_model,
+    forward_logprobs,
+    load_weights,
+    save_pretrained_folder,
+)
 from intellect.rl.trainer import data
 from intellect.rl.trainer.data import (
     build_rl_batch,
@@ -164,6 +171,41 @@ def test_incomplete_rollouts_are_not_read(tmp_path: Path) -> None:
     write_rollouts(tmp_path, 1, stable=True)
     record = trainer.train_step(1)
     assert record["step"] == 1 and trainer.step == 1
+
+
+def test_a_hugging_face_folder_trains_as_the_tiny_model_does(tmp_path: Path) -> None:
+    """``model.name`` as a Hugging Face folder (what GPU recipes name): the same logprobs and token ids as the
+    model it was saved from, and the trainer's steps publish weights under the folder's own tensor names (the
+    checkpoint format that vLLM's reload takes)."""
+    recipe = make_recipe(tmp_path / "run")
+    tiny, _ = build_model(recipe.model)
+    folder = save_pretrained_folder(tiny, tmp_path / "hf")
+    data = recipe.model_dump()
+    data["model"].update(name=str(folder), tiny=None)
+    hf_recipe = validate_recipe(data)
+    hf, tok = build_model(hf_recipe.model)
+    ids = torch.tensor([TOK.encode("123>321", bos=True)])
+    assert tok.encode("123>321", bos=True) == ids[0].tolist()
+    assert (tok.pad_token_id, tok.eos_token_id) == (TOK.pad_token_id, TOK.eos_token_id)
+    assert tok.decode([*TOK.encode("42"), TOK.eos_token_id, 5]) == "42"
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.allclose(forward_logprobs(hf, ids, mask), forward_logprobs(tiny, ids, mask), atol=1e-6)
+    trainer = Trainer(hf_recipe, envs=lambda: [], metrics=TrainerMetrics())
+    trainer.warmup()
+    write_rollouts(tmp_path / "run", 1)
+    assert trainer.train_step(1)["step"] == 1
+    trainer.publish(1)
+    from safetensors import safe_open
+
+    with (
+        safe_open(str(folder / "model.safetensors"), "pt") as saved,
+        safe_open(str(tmp_path / "run" / "weights" / "step_1" / "model.safetensors"), "pt") as published,
+    ):
+        assert set(published.keys()) == set(saved.keys())
+    missing = data | {"model": data["model"] | {"name": str(tmp_path / "no-such-model")}}
+    with pytest.raises(ValueError, match="model.name"):
+        build_model(validate_recipe(missing).model)
 
 
 def test_rollout_polls_start_fast_and_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

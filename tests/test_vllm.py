@@ -28,7 +28,13 @@ from intellect.rl.inference.vllm import (  # noqa: E402
     vllm_env,
     wait_healthy,
 )
-from intellect.rl.model import CharTokenizer, build_model, forward_logprobs, save_weights  # noqa: E402
+from intellect.rl.model import (  # noqa: E402
+    CharTokenizer,
+    build_model,
+    forward_logprobs,
+    save_pretrained_folder,
+    save_weights,
+)
 from intellect.rl.orchestrator.client import parse_completions  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -39,21 +45,12 @@ ATOL = 2e-3 if torch.cuda.is_available() else 1e-4
 
 
 def hf_folder(path: Path, seed: int) -> torch.nn.Module:
-    """A tiny Llama saved with save_pretrained, plus an HF tokenizer with the char tokenizer's vocabulary."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
+    """The debug-cpu tiny Llama, saved as a Hugging Face folder with a char-vocabulary tokenizer."""
     data = yaml.safe_load(RECIPE.read_text())
     data["run_dir"] = str(path)
     data["model"]["seed"] = seed
-    model, tok = build_model(validate_recipe(data).model)
-    model.save_pretrained(path)  # type: ignore[operator]
-    word = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tok.vocab)}, unk_token="<pad>"))
-    word.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=word, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
-    )
-    fast.save_pretrained(path)
+    model, _ = build_model(validate_recipe(data).model)
+    save_pretrained_folder(model, path)
     return model
 
 

@@ -62,15 +62,17 @@ class CharTokenizer:
         return "".join(out)
 
 
-def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, CharTokenizer]:
-    """Build the policy and its tokenizer from the recipe's model section (CPU path: tiny, offline)."""
+def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
+    """Build the policy and its tokenizer from the recipe's model section: the tiny model from config (offline,
+    with ``CharTokenizer``), or any other name as a Hugging Face checkpoint (a local folder or a hub id) with
+    its own tokenizer, in the recipe's dtype. The tokenizer has ``encode(text, bos)``, ``decode``,
+    ``pad_token_id`` and ``eos_token_id`` either way."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if cfg.name != TINY_NAME or cfg.tiny is None:
-        raise ValueError(
-            f"model.name {cfg.name!r}: the CPU path builds only '{TINY_NAME}' with a model.tiny section; "
-            "larger models are served by vLLM on GPU nodes"
-        )
+    if cfg.name != TINY_NAME:
+        return _pretrained(cfg)
+    if cfg.tiny is None:
+        raise ValueError(f"model.name {TINY_NAME!r} needs a model.tiny section (its shape)")
     tok = CharTokenizer()
     config = LlamaConfig(
         vocab_size=tok.vocab_size,
@@ -88,6 +90,42 @@ def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, CharTokenizer]:
     torch.manual_seed(cfg.seed)
     model: torch.nn.Module = LlamaForCausalLM(config)
     model = model.to(torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
+    return model, tok
+
+
+def save_pretrained_folder(model: torch.nn.Module, directory: str | Path) -> Path:
+    """The tiny model as a Hugging Face checkpoint folder: config and weights (``save_pretrained``) plus a fast
+    tokenizer with ``CharTokenizer``'s vocabulary, one token per character. vLLM serves it, and a recipe whose
+    ``model.name`` is this folder trains it (``build_model``), offline."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(directory)
+    model.save_pretrained(path)  # type: ignore[operator]
+    chars = CharTokenizer()
+    word = Tokenizer(models.WordLevel({t: i for i, t in enumerate(chars.vocab)}, unk_token="<pad>"))
+    word.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    word.decoder = decoders.Fuse()  # characters join back without the spaces WordLevel would put between them
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=word, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+    fast.save_pretrained(path)
+    return path
+
+
+def _pretrained(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoModelForCausalLM
+
+    from intellect.rl.orchestrator.tokens import HFTokenizer
+
+    dtype = torch.float32 if cfg.dtype == "float32" else torch.bfloat16
+    try:
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(cfg.name, dtype=dtype)
+        tok = HFTokenizer(cfg.name)
+    except OSError as exc:  # not a folder with a config and weights, and not reachable on the hub
+        raise ValueError(
+            f"model.name {cfg.name!r}: cannot load it as a Hugging Face checkpoint ({exc})"
+        ) from exc
     return model, tok
 
 

@@ -29,6 +29,8 @@ class HFTokenizer:
         self._tok: Any = AutoTokenizer.from_pretrained(name)
         self.eos_token_id = int(self._tok.eos_token_id)
         self._bos = self._tok.bos_token_id
+        pad = self._tok.pad_token_id  # the trainer pads batches with it (masked out); many models have none
+        self.pad_token_id = int(self.eos_token_id if pad is None else pad)
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
         ids = list(self._tok.encode(text, add_special_tokens=False))
