@@ -72,6 +72,18 @@ def gpu_type(model: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", words[0]) if words else "gpu"
 
 
+MEM_ROUND_MB = 1024
+
+
+def real_memory(memory_mb: int, mem_reserve_mb: int) -> int:
+    """RealMemory: discovered MemTotal minus the reserve, rounded down to whole GiB. MemTotal drifts by a few
+    MiB between identical nodes (firmware, kernel updates) and, in VMs with hot-plugged memory, over time: the
+    rounding keeps such nodes on one NodeName line and slurm.conf unchanged, and never configures more memory
+    than a node reports (slurmd would register it INVALID)."""
+    mem = max(memory_mb - mem_reserve_mb, 1)
+    return mem - mem % MEM_ROUND_MB if mem >= MEM_ROUND_MB else mem
+
+
 def _node_key(hw: dict[str, Any], mem_reserve_mb: int) -> tuple[Any, ...]:
     cpu = hw["cpu"]
     gpus = hw.get("gpus", [])
@@ -79,7 +91,7 @@ def _node_key(hw: dict[str, Any], mem_reserve_mb: int) -> tuple[Any, ...]:
         cpu["sockets"],
         cpu["cores_per_socket"],
         cpu["threads_per_core"],
-        max(int(hw["memory_mb"]) - mem_reserve_mb, 1),
+        real_memory(int(hw["memory_mb"]), mem_reserve_mb),
         len(gpus),
         gpu_type(gpus[0]["model"]) if gpus else "",
     )

@@ -117,13 +117,23 @@ def test_node_lines_fold_identical_hardware(tmp_path: Path, monkeypatch: pytest.
     small = json.loads(json.dumps(facts))
     small["gpus"] = small["gpus"][:4]
     hostvars = {f"gpu-{i:03d}": {"intellect_hw": facts} for i in range(1, 64)}
+    # a node whose firmware keeps a few MiB more: same hardware, same line
+    drifted = json.loads(json.dumps(facts))
+    drifted["memory_mb"] -= 7
+    hostvars["gpu-063"] = {"intellect_hw": drifted}
     hostvars["gpu-064"] = {"intellect_hw": small}
     lines = sc.slurm_node_lines(sorted(hostvars), hostvars, 65536)
+    mem = (2113276612 // 1024 - 65536) // 1024 * 1024  # whole GiB, rounded down
     assert lines == [
         "NodeName=gpu-[001-063] CPUs=224 Boards=1 SocketsPerBoard=2 CoresPerSocket=56 ThreadsPerCore=2 "
-        f"RealMemory={2113276612 // 1024 - 65536} Gres=gpu:h200:8 State=UNKNOWN",
+        f"RealMemory={mem} Gres=gpu:h200:8 State=UNKNOWN",
         "NodeName=gpu-064 CPUs=224 Boards=1 SocketsPerBoard=2 CoresPerSocket=56 ThreadsPerCore=2 "
-        f"RealMemory={2113276612 // 1024 - 65536} Gres=gpu:h200:4 State=UNKNOWN",
+        f"RealMemory={mem} Gres=gpu:h200:4 State=UNKNOWN",
     ]
+    assert (
+        sc.real_memory(4096 + 1023, 0) == 4096
+        and sc.real_memory(700, 0) == 700
+        and sc.real_memory(5, 16) == 1
+    )
     with pytest.raises(ValueError, match="no 'intellect_hw' facts"):
         sc.slurm_node_lines(["gpu-001", "gpu-999"], {"gpu-001": hostvars["gpu-001"], "gpu-999": {}})
