@@ -361,6 +361,36 @@ def test_worker_extension_reloads_from_the_stable_folder(tmp_path: Path) -> None
         worker.intellect_reload_weights(str(tmp_path / "step_2"))
 
 
+def test_vllm_child_dies_with_its_launcher(tmp_path: Path) -> None:
+    """The launcher starts vLLM with ``die_with_parent``: when the launcher dies by a signal (no clean-up runs),
+    the kernel ends the child too. A stand-in child (sleep) under a launcher process killed with SIGKILL."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    launcher = (
+        "import subprocess, sys, time\n"
+        "from intellect.rl.inference.vllm import die_with_parent\n"
+        "p = subprocess.Popen(['sleep', '300'], preexec_fn=die_with_parent)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", launcher])
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the child outlived its launcher"
+        time.sleep(0.05)
+
+
 def test_worker_extension_prefers_vllms_in_place_reload(tmp_path: Path) -> None:
     """A worker with vLLM's ``reload_weights`` (which re-runs the post-load processing) gets the tensors there,
     in checkpoint format, and its model's ``load_weights`` is not called directly."""
