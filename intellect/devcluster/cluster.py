@@ -139,10 +139,9 @@ class DevCluster:
             log("cleaning up an earlier dev cluster first")
             self.teardown(log)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        base = image.ensure_node_image(
-            image.ensure_base_image(log), log
-        )  # every node's read-only lower layer
-        repo = image.ensure_repo(base, log=log)  # made with the node image
+        # the node image is every node's read-only lower layer; the repository was made with it
+        base = image.ensure_node_image(image.ensure_base_image(log), log)
+        repo = image.ensure_repo(base, log=log)
         self._prepare_secrets()
         nodes.bridge_up(self.net)
         pids = {}

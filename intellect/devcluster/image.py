@@ -1,14 +1,15 @@
-"""The dev cluster's images (cached as tar.zst) and its local apt repository.
+"""The dev cluster's images and its local apt repository, cached under ``cache_dir()``.
 
-All are built on the host from Debian's registry and cached under ``cache_dir()``: the nodes never reach
-outside. The repository is a plain folder of .deb files with a Packages index, bound read-only into each node.
+All are built on the host from Debian's registry: the nodes never reach outside. The repository is a plain
+folder of .deb files with a Packages index, bound read-only into each node.
 
-Two images: the base image (debootstrap: systemd, sshd, Python) and the node image, the base with the packages
-the playbooks install already unpacked, as a site's golden node image would have them. Every daemon they bring
-is disabled and no key is left behind (munge's key, SSH host keys are per node): the playbooks still configure,
-key, enable and start everything, and their apt tasks still run against the local repository; they just find
-the packages present (about 20 s less per ``up`` on the controller, measured, and far less CPU for the whole
-cluster: each node used to unpack the same packages on the same two cores).
+Two images: the base image (debootstrap: systemd, sshd, Python; kept as tar.zst) and the node image (kept
+unpacked, the lower layer of every node's overlay): the base with the packages the playbooks install already
+unpacked, as a site's golden node image would have them. Every daemon they bring is disabled and no key is
+left behind (munge's key, SSH host keys are per node): the playbooks still configure, key, enable and start
+everything, and their apt tasks still run against the local repository; they just find the packages present
+(about 20 s less per ``up`` on the controller, measured, and far less CPU for the whole cluster: each node used
+to unpack the same packages on the same two cores).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def ensure_base_image(log=print) -> Path:  # type: ignore[no-untyped-def]
 
 
 def extract_base(image: Path, dest: Path) -> Path:
-    """Unpack the base image once per cluster (the lower layer of every node's overlay)."""
+    """Unpack the base image into ``dest`` (where the node image is built), unless it is there already."""
     marker = dest / COMPLETE
     if marker.exists() and marker.read_text().strip() == image.name:
         return dest
