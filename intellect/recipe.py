@@ -138,6 +138,14 @@ class Algorithm(Strict):
     learning_rate: float = Field(..., gt=0, description="AdamW learning rate.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
+    micro_batch_tokens: int = Field(
+        8192,
+        ge=0,
+        description=(
+            "Padded tokens (rows x longest row) per forward/backward pass of the trainer; samples are sorted by "
+            "length into micro-batches and their gradients summed. Bounds activation memory; 0 = one pass."
+        ),
+    )
     masks: Masks = Field(default_factory=Masks, description="Importance-ratio masks on both sides.")
     difficulty: Difficulty = Field(default_factory=Difficulty, description="Online difficulty filter.")
     pretrain: Pretrain = Field(default_factory=Pretrain, description="Supervised warm-up before RL.")

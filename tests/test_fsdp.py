@@ -1,4 +1,4 @@
-"""FSDP2 on CPU/gloo: two trainer ranks reproduce the single-process run on the same batches.
+"""FSDP2 on CPU/gloo: two trainer ranks in micro-batches reproduce the single-process run on the same batches.
 
 Both runs are the real entry point (``python -m intellect.rl.trainer``): the two ranks get RANK/WORLD_SIZE/
 MASTER_PORT like torchrun would set them. The runs share the recipe (a short warm-up on reverse-digits, then RL
@@ -23,19 +23,21 @@ import yaml
 
 from intellect.recipe import validate_recipe
 from intellect.rl.model import CharTokenizer, load_weights
+from intellect.rl.trainer.data import micro_batches, rank_slice, read_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 TOK = CharTokenizer()
 pytestmark = pytest.mark.slow
 
 
-def _recipe(run_dir: Path, steps: int) -> Path:
+def _recipe(run_dir: Path, steps: int, micro_batch_tokens: int = 0) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     data = yaml.safe_load((ROOT / "recipes" / "debug-cpu.yaml").read_text())
     data["run_dir"] = str(run_dir)
     data["model"]["tiny"] = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                              "num_attention_heads": 2}  # fmt: skip
-    data["algorithm"].update({"steps": steps, "batch_size": 12, "rollouts_per_prompt": 4})
+    data["algorithm"].update({"steps": steps, "batch_size": 12, "rollouts_per_prompt": 4,
+                              "micro_batch_tokens": micro_batch_tokens})  # fmt: skip
     data["algorithm"]["pretrain"] = {"steps": 3, "batch_size": 10, "learning_rate": 3e-3}
     data["checkpoints"] = {"every": 2, "keep": 2}
     config = run_dir / "recipe.resolved.yaml"
@@ -65,6 +67,9 @@ def _rollouts(run_dir: Path, step: int) -> None:
     (folder / "STABLE").write_text("")
 
 
+SHARDED_BUDGET = 24  # padded tokens per pass on each rank: the two ranks run different numbers of passes
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,8 +95,8 @@ def _launch(config: Path, world_size: int) -> list[subprocess.Popen[bytes]]:
 
 
 def _run_both(single: Path, sharded: Path, steps: int) -> None:
-    """The single-process run and the two-rank run, side by side."""
-    procs = _launch(_recipe(single, steps), 1) + _launch(_recipe(sharded, steps), 2)
+    """The single-process run (one pass per step) and the two-rank run (micro-batches), side by side."""
+    procs = _launch(_recipe(single, steps), 1) + _launch(_recipe(sharded, steps, SHARDED_BUDGET), 2)
     try:
         outputs = [p.communicate(timeout=150)[0].decode() for p in procs]
     finally:
@@ -121,11 +126,16 @@ def test_two_ranks_match_one_process(tmp_path: Path) -> None:
     for run_dir in (single, sharded):
         for step in (1, 2, 3):
             _rollouts(run_dir, step)
+    # the case this covers: rank 1 has fewer micro-batches and runs empty passes to match rank 0's collectives
+    samples = read_rollouts(sharded / "rollouts" / "step_1")
+    counts = [len(micro_batches(samples[rank_slice(13, r, 2)], SHARDED_BUDGET)) for r in (0, 1)]
+    assert counts[0] > counts[1] > 1, counts
     _run_both(single, sharded, steps=2)
     for step in (0, 1, 2):
         _assert_same_weights(single / "weights" / f"step_{step}", sharded / "weights" / f"step_{step}")
     rows_1, rows_2 = _rl_rows(single), _rl_rows(sharded)
     assert [r["step"] for r in rows_2] == [1, 2]  # rank 0 alone writes metrics.jsonl
+    assert rows_2[0]["micro_batches"] == counts[0] and rows_1[0]["micro_batches"] == 1
     for r1, r2 in zip(rows_1, rows_2, strict=True):
         assert r1["tokens"] == r2["tokens"] and r1["masked_frac"] == r2["masked_frac"]
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5, abs=1e-7)

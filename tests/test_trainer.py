@@ -132,6 +132,48 @@ def test_rank_slices_partition_the_batch() -> None:
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
+def test_micro_batches_sort_by_length_and_keep_the_budget() -> None:
+    samples = rollout_samples(1) + rollout_samples(2)
+    for sample in samples[::5]:  # a long tail, as generations that run to max_new_tokens give
+        sample["completion_ids"] = sample["completion_ids"] * 4
+    for budget in (1, 24, 40, 100, 10_000):
+        parts = data.micro_batches(samples, budget)
+        assert sorted(s["id"] for part in parts for s in part) == sorted(s["id"] for s in samples)
+        widths = [[data.sample_length(s) for s in part] for part in parts]
+        assert sum(widths, []) == sorted(data.sample_length(s) for s in samples)
+        for w in widths:
+            assert len(w) * max(w) <= budget or len(w) == 1
+    assert len(data.micro_batches(samples, 10_000)) == 1 and len(data.micro_batches(samples, 40)) > 4
+    assert data.micro_batches(samples, 0) == [samples]
+    # sorted passes cost about the sum of the lengths; one padded pass costs rows x the longest
+    padded = sum(len(part) * max(map(data.sample_length, part)) for part in data.micro_batches(samples, 100))
+    assert padded < 0.7 * len(samples) * max(map(data.sample_length, samples))
+
+
+def test_a_step_in_micro_batches_matches_one_pass(tmp_path: Path) -> None:
+    """Gradients summed over length-sorted micro-batches equal the whole batch's (float32 rounding aside)."""
+    trainers, records = [], []
+    for budget in (0, 40):
+        run_dir = tmp_path / f"budget-{budget}"
+        trainer = Trainer(
+            make_recipe(run_dir, micro_batch_tokens=budget), envs=lambda: [], metrics=TrainerMetrics()
+        )
+        trainer.warmup()
+        write_rollouts(run_dir, 1)
+        records.append(trainer.train_step(1))
+        trainers.append(trainer)
+    whole, split = records
+    assert whole["micro_batches"] == 1 and split["micro_batches"] >= 4
+    for key in ("loss", "grad_norm", "masked_frac", "mean_ratio"):
+        assert split[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
+    assert split["tokens"] == whole["tokens"]
+    before = load_weights(tmp_path / "budget-0" / "weights" / "step_0")
+    after = [t.model.state_dict() for t in trainers]
+    assert any(not after[0][k].equal(before[k]) for k in before)  # the step moved the weights
+    for name in after[0]:
+        torch.testing.assert_close(after[1][name], after[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_steps_write_weights_checkpoints_and_metrics(tmp_path: Path) -> None:
     recipe = make_recipe(tmp_path)
     for step in range(1, 5):
@@ -150,7 +192,7 @@ def test_steps_write_weights_checkpoints_and_metrics(tmp_path: Path) -> None:
     rows = metric_lines(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     keys = {"role", "step", "loss", "masked_frac", "masked_low_frac", "masked_high_frac", "grad_norm", "lr",
-            "tokens", "step_time", "wait_time", "mean_reward"}  # fmt: skip
+            "tokens", "step_time", "wait_time", "mean_reward", "micro_batches", "rollout_age"}  # fmt: skip
     for row in rows:
         assert keys <= set(row) and row["role"] == "trainer"
         assert 0.0 <= row["masked_frac"] <= 1.0
@@ -168,9 +210,14 @@ def test_incomplete_rollouts_are_not_read(tmp_path: Path) -> None:
     with pytest.raises(TimeoutError, match="no STABLE"):
         trainer.train_step(1)
     assert trainer.step == 0 and not (tmp_path / "weights" / "step_1").exists()
-    write_rollouts(tmp_path, 1, stable=True)
+    folder = write_rollouts(tmp_path, 1, stable=True)
+    done = time.time() - 30  # the batch was complete 30 s before the trainer got to it
+    os.utime(folder / "STABLE", (done, done))
     record = trainer.train_step(1)
     assert record["step"] == 1 and trainer.step == 1
+    assert 30 <= record["rollout_age"] < 60
+    trainer.report(record)
+    assert trainer.metrics.rollout_age_seconds._value.get() == record["rollout_age"]
 
 
 def test_a_hugging_face_folder_trains_as_the_tiny_model_does(tmp_path: Path) -> None:
@@ -291,6 +338,7 @@ def test_kill_and_resume_continues_at_the_same_step(tmp_path: Path) -> None:
             proc.wait()
     assert [r["step"] for r in metric_lines(tmp_path)] == [1, 2, 3, 3, 4, 5]
     assert "resumed from" in log.read_text() and "next step 3" in log.read_text()
+    assert "start-up objects frozen out of garbage collection" in log.read_text()  # intellect.rl.heap
     again_step3 = load_weights(tmp_path / "weights" / "step_3")
     for name, tensor in first_step3.items():  # model and optimizer state both came back
         assert tensor.equal(again_step3[name]), name

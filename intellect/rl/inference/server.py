@@ -329,8 +329,12 @@ def serve(recipe: Recipe, host: str, port: int) -> None:
     """Run the embedded server in the foreground until interrupted."""
     import uvicorn
 
+    from intellect.rl.heap import freeze_heap
+
     log.info("torch threads: %d", configure_threads())
-    uvicorn.run(app_for(recipe), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    app = app_for(recipe)
+    freeze_heap("inference")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
 class BackgroundServer:

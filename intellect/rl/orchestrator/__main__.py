@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -40,13 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     announce("orchestrator")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     from intellect.recipe import load_recipe
+    from intellect.rl.heap import freeze_heap
     from intellect.rl.orchestrator.loop import Orchestrator
 
     try:
         recipe = load_recipe(args.config)
         urls = inference_urls(os.environ.get("INFERENCE_URLS", ""))
         addr = os.environ.get("INTELLECT_METRICS_ADDR", "0.0.0.0")
-        summary = asyncio.run(Orchestrator(recipe, urls, metrics_addr=addr).run())
+        ready = functools.partial(freeze_heap, "orchestrator")
+        summary = asyncio.run(Orchestrator(recipe, urls, metrics_addr=addr, on_ready=ready).run())
     except IntellectError as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         if exc.hint:

@@ -108,8 +108,11 @@ class Orchestrator:
         poll_s: float = 0.01,
         client_options: dict[str, Any] | None = None,
         health_timeout_s: float = 600.0,
+        on_ready: Callable[[], object]
+        | None = None,  # called once start-up is over (the entry point: freeze_heap)
     ) -> None:
         self.recipe, self.urls, self.transport = recipe, urls, transport
+        self.on_ready = on_ready
         self.alg = recipe.algorithm
         self.run_dir = Path(recipe.run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -138,6 +141,8 @@ class Orchestrator:
         try:
             await self.sync_weights(0)
             await self.eval_before()
+            if self.on_ready is not None:
+                self.on_ready()
             sup.spawn("refill", self.refill())
             sup.spawn("weights", self.follow_weights())
             sup.spawn("evals", self.eval_worker())

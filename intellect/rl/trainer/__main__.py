@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics.serve(port + info.rank, args.metrics_host)
     clean = False
     try:
-        Trainer(recipe, info=info, metrics=metrics, rollout_timeout_s=args.rollout_timeout).run()
+        from intellect.rl.heap import freeze_heap
+
+        trainer = Trainer(recipe, info=info, metrics=metrics, rollout_timeout_s=args.rollout_timeout)
+        freeze_heap("trainer")
+        trainer.run()
         clean = True
     except (TimeoutError, ValueError, FileNotFoundError) as exc:
         logging.getLogger("intellect.rl.trainer").error("trainer failed: %s", exc)

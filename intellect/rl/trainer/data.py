@@ -127,6 +127,38 @@ def rank_slice(n: int, rank: int, world_size: int) -> slice:
     return slice(start, start + base + (1 if rank < extra else 0))
 
 
+def sample_length(sample: dict[str, Any]) -> int:
+    """Tokens of prompt + completion: the row width the sample needs in a padded batch."""
+    return len(sample["prompt_ids"]) + len(sample["completion_ids"])
+
+
+def micro_batches(samples: Sequence[dict[str, Any]], token_budget: int) -> list[list[dict[str, Any]]]:
+    """Split ``samples`` into micro-batches of similar length, each at most ``token_budget`` padded tokens.
+
+    Samples are sorted by length and cut greedily so that rows x widest row stays within the budget (a sample
+    longer than the budget gets a micro-batch of its own). One padded batch costs rows x the longest sample:
+    with long-tailed completions a single long sample doubles the work of the whole step, while sorted
+    micro-batches cost close to the sum of the lengths. ``token_budget`` 0 keeps one micro-batch. The order
+    within the batch does not matter: every sample's loss is divided by the same global token count.
+    """
+    if token_budget <= 0 or not samples:
+        return [list(samples)]
+    parts: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    for sample in sorted(samples, key=sample_length):
+        if current and (len(current) + 1) * sample_length(sample) > token_budget:
+            parts.append(current)
+            current = []
+        current.append(sample)
+    parts.append(current)
+    return parts
+
+
+def loss_tokens(samples: Sequence[dict[str, Any]]) -> int:
+    """Completion tokens that carry loss (the ``completion_mask`` ones): the loss's normaliser."""
+    return sum(int(m) for s in samples for m in s["completion_mask"])
+
+
 def build_rl_batch(samples: Sequence[dict[str, Any]], pad_id: int) -> Batch:
     """Right-padded tensors of prompt + completion; the loss mask is the completion mask.
 

@@ -152,6 +152,15 @@ def all_reduce_sum(values: Sequence[float], info: DistInfo, device: torch.device
     return [float(v) for v in t.tolist()]
 
 
+def all_reduce_max(value: int, info: DistInfo, device: torch.device) -> int:
+    """The largest ``value`` over the ranks; identity for a single process."""
+    if not info.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()

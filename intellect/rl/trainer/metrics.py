@@ -37,6 +37,12 @@ class TrainerMetrics:
         self.wait_seconds = Gauge(
             "intellect_trainer_wait_seconds", "Time the last step waited for its rollouts.", registry=r
         )
+        self.rollout_age_seconds = Gauge(
+            "intellect_trainer_rollout_age_seconds",
+            "How long the last batch had been complete when the trainer read it: high when the trainer is the "
+            "bottleneck; near 0 while it waits when inference is.",
+            registry=r,
+        )
         self.tokens = Counter("intellect_trainer_tokens", "Loss tokens trained on.", registry=r)
         self.weight_write_seconds = Histogram(
             "intellect_trainer_weight_write_seconds",
@@ -72,6 +78,7 @@ class TrainerMetrics:
         self.mean_reward.set(record["mean_reward"])
         self.step_seconds.set(record["step_time"])
         self.wait_seconds.set(record["wait_time"])
+        self.rollout_age_seconds.set(record.get("rollout_age", 0.0))
         self.tokens.inc(record["tokens"])
 
 

@@ -18,18 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from intellect.rl.model import build_model, forward_logprobs, is_stable, save_weights
+from intellect.rl.model import STABLE, build_model, forward_logprobs, is_stable, save_weights
 from intellect.rl.trainer import checkpoint as ckpt
 from intellect.rl.trainer.data import (
     WarmupSampler,
     batch_stats,
     build_rl_batch,
+    loss_tokens,
+    micro_batches,
     rank_slice,
     read_rollouts,
     wait_for_rollouts,
 )
 from intellect.rl.trainer.distributed import (
     DistInfo,
+    all_reduce_max,
     all_reduce_sum,
     as_float,
     barrier,
@@ -142,37 +145,52 @@ class Trainer:
         self.checkpoint(0)
 
     def train_step(self, step: int) -> dict[str, Any]:
-        """Wait for rollouts/step_N, take one optimizer step on them; return the step's metrics record."""
+        """Wait for rollouts/step_N, take one optimizer step on them; return the step's metrics record.
+
+        The rank's share is trained in length-sorted micro-batches (``algorithm.micro_batch_tokens``) whose
+        gradients add up to the whole batch's: each loss is divided by the global count of loss tokens. Under
+        FSDP every rank must run as many forward/backward passes as the others, so a rank with fewer
+        micro-batches runs empty ones (one padding row, no loss).
+        """
         folder, waited = wait_for_rollouts(self.run_dir, step, self.poll_s, self.rollout_timeout_s)
+        age = max(time.time() - (folder / STABLE).stat().st_mtime, 0.0)  # how long the batch sat unread
         samples = read_rollouts(folder)
         start = time.monotonic()
-        full = build_rl_batch(samples, self.tokenizer.pad_token_id)
+        tokens = loss_tokens(samples)
         mine = samples[rank_slice(len(samples), self.info.rank, self.info.world_size)]
-        batch = build_rl_batch(mine, self.tokenizer.pad_token_id).to(self.device)
+        parts: list[list[dict[str, Any]]] = micro_batches(mine, self.alg.micro_batch_tokens)
+        count = all_reduce_max(len(parts), self.info, self.device)
+        parts += [[] for _ in range(count - len(parts))]
         self.model.train()
-        logp = forward_logprobs(self.model, batch.input_ids, batch.attention_mask, self.alg.temperature)
-        masks = self.alg.masks
-        loss, stats = importance_masked_pg_loss(
-            logp, batch.old_logprobs, batch.advantages, batch.loss_mask, masks.low, masks.high,
-            normalizer=max(full.tokens, 1),
-        )  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
-        (loss * self.info.world_size).backward()  # FSDP averages gradients over ranks; undo it
+        masks = self.alg.masks
+        sums = [0.0, 0.0, 0.0, 0.0]  # loss, masked low, masked high, ratio sum
+        for part in parts:
+            batch = build_rl_batch(part, self.tokenizer.pad_token_id).to(self.device)
+            logp = forward_logprobs(self.model, batch.input_ids, batch.attention_mask, self.alg.temperature)
+            loss, stats = importance_masked_pg_loss(
+                logp, batch.old_logprobs, batch.advantages, batch.loss_mask, masks.low, masks.high,
+                normalizer=max(tokens, 1),
+            )  # fmt: skip
+            (loss * self.info.world_size).backward()  # FSDP averages gradients over ranks; undo it
+            values = (
+                loss.item(),
+                stats["masked_low_tokens"],
+                stats["masked_high_tokens"],
+                stats["ratio_sum"],
+            )
+            sums = [total + float(value) for total, value in zip(sums, values, strict=True)]
         grad_norm = as_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.alg.max_grad_norm))
         self.optimizer.step()
         self.step = step
-        total_loss, n_low, n_high, ratio_sum = all_reduce_sum(
-            [loss.item(), stats["masked_low_tokens"], stats["masked_high_tokens"], stats["ratio_sum"]],
-            self.info, self.device,
-        )  # fmt: skip
-        tokens = full.tokens
+        total_loss, n_low, n_high, ratio_sum = all_reduce_sum(sums, self.info, self.device)
         frac = 1.0 / max(tokens, 1)
         return {
             "role": "trainer", "step": step, "loss": total_loss, "masked_frac": (n_low + n_high) * frac,
             "masked_low_frac": n_low * frac, "masked_high_frac": n_high * frac, "grad_norm": grad_norm,
             "lr": self.optimizer.param_groups[0]["lr"], "tokens": tokens, "step_time": time.monotonic() - start,
             "wait_time": waited, "mean_reward": batch_stats(samples)["mean_reward"], "mean_ratio": ratio_sum * frac,
-            "samples": len(samples),
+            "samples": len(samples), "micro_batches": count, "rollout_age": age,
         }  # fmt: skip
 
     def publish(self, step: int) -> float:
