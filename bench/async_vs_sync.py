@@ -90,16 +90,28 @@ def start_roles(run: Path, port: int, args: argparse.Namespace) -> dict[str, sub
     return procs
 
 
-def watch(run: Path, procs: dict[str, subprocess.Popen[bytes]], args: argparse.Namespace) -> float:
-    """Seconds from weights/step_SKIP to weights/step_N (the trainer prunes old folders: note them as they come)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (taskset execs the role, so the pid is the role's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def watch(
+    run: Path, procs: dict[str, subprocess.Popen[bytes]], args: argparse.Namespace
+) -> tuple[float, dict[str, float]]:
+    """Seconds from weights/step_SKIP to weights/step_N (the trainer prunes old folders: note them as they come),
+    and the CPU seconds each role used in that window."""
     first = run / "weights" / f"step_{args.skip}" / "STABLE"
     last = run / "weights" / f"step_{args.steps}" / "STABLE"
     t0 = t1 = 0.0
+    cpu: dict[str, float] = {}
     while not t1:
         if not t0 and first.exists():
             t0 = time.monotonic()
+            cpu = {role: -cpu_seconds(p.pid) for role, p in procs.items()}
         if t0 and last.exists():
             t1 = time.monotonic()
+            cpu = {role: cpu[role] + cpu_seconds(p.pid) for role, p in procs.items()}
         for role, proc in procs.items():
             if proc.poll() not in (None, 0):
                 raise SystemExit(f"{role} failed; see {run}/logs/{role}.log")
@@ -107,14 +119,14 @@ def watch(run: Path, procs: dict[str, subprocess.Popen[bytes]], args: argparse.N
     for role in ("orchestrator", "trainer"):
         if procs[role].wait(timeout=600) != 0:
             raise SystemExit(f"{role} failed; see {run}/logs/{role}.log")
-    return t1 - t0
+    return t1 - t0, cpu
 
 
 def run_once(base: Path, name: str, k: int, args: argparse.Namespace) -> dict[str, Any]:
     run, port = make_run(base, name, k, args)
     procs = start_roles(run, port, args)
     try:
-        wall = watch(run, procs, args)
+        wall, cpu = watch(run, procs, args)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -124,8 +136,10 @@ def run_once(base: Path, name: str, k: int, args: argparse.Namespace) -> dict[st
     timed = range(args.skip + 1, args.steps + 1)
     train = [r for r in records if r.get("role") == "trainer" and "phase" not in r and r["step"] in timed]
     orch = [r for r in records if r.get("kind") == "step"]
+    n = args.steps - args.skip
     return {
         "wall": wall,
+        "cpu": {role: seconds / n for role, seconds in cpu.items()},
         "train_step": statistics.median(r["step_time"] for r in train),
         "wait": statistics.mean(r["wait_time"] for r in train),
         "age": statistics.mean(r["rollout_age"] for r in train),
@@ -155,6 +169,10 @@ def report(args: argparse.Namespace, sync: list[dict[str, Any]], asyn: list[dict
             f"k=1: the trainer waited {a['wait'] * 1000:.0f} ms per step for rollouts; without the k=0 poll delay "
             f"the speed-up would be {(s['wall'] - n * s['age']) / a['wall']:.2f}x"
         )
+        for mode, r in (("k=0", s), ("k=1", a)):
+            print(
+                f"    {mode} CPU s/step: " + ", ".join(f"{role} {sec:.3f}" for role, sec in r["cpu"].items())
+            )
     ratios = [s["wall"] / a["wall"] for s, a in zip(sync, asyn, strict=True)]
     print(f"speed-up median {statistics.median(ratios):.2f}x over {len(ratios)} pair(s) (goal 1.9x)")
 

@@ -1,5 +1,6 @@
-"""Thread hops of a rollout group: one to encode, one to decode every completion, and one to score the whole
-group once the environment is known to score cheaply (one per sample, in parallel, while it is not)."""
+"""Thread hops of a rollout group: one to encode, then one to decode every completion and score the whole group
+once the environment is known to score cheaply; while it is not, one to decode and one per sample to score (in
+parallel)."""
 
 from __future__ import annotations
 
@@ -48,10 +49,15 @@ def test_hops_per_group(monkeypatch: pytest.MonkeyPatch) -> None:
                 hops.clear()
                 samples = await roller.group(env, task, 8, min_step=0)
                 assert all(not s.failed for s in samples)
+                for s in samples:  # whichever path: decoded, stamped and scored like the reference
+                    assert s.completion_ids and len(s.logprobs) == len(s.completion_ids) and s.first == 0
+                    assert s.transcript[-1].role == "assistant"
+                    expected = env.score(task, s.transcript[-1].text, s.transcript)
+                    assert (s.reward, s.correct) == (expected.reward, expected.correct)
                 counts.setdefault(env.name, []).append(len(hops))
         await client.aclose()
         return counts
 
     counts = asyncio.run(go())
-    assert counts["coin-flip"] == [1 + 1 + 8, 1 + 1 + 1, 1 + 1 + 1]  # measured cheap after the first group
+    assert counts["coin-flip"] == [1 + 1 + 8, 1 + 1, 1 + 1]  # measured cheap after the first group
     assert counts["slow-coin-flip"] == [1 + 1 + 8] * 3

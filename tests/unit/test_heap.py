@@ -23,7 +23,9 @@ print(json.dumps({"before": before, "frozen": frozen, "after": after, "with_new"
 
 
 def test_frozen_start_up_objects_are_no_longer_walked() -> None:
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=120
+    )
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert counts["frozen"] > 100_000 and counts["frozen"] > 0.9 * counts["before"]
     assert counts["after"] < 1_000  # what a full collection now walks

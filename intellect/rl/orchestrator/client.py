@@ -158,6 +158,7 @@ class InferenceClient:
             got = _as_step(resp.json().get("step", step))
         except httpx.HTTPError as exc:
             self._mark_down(server, exc)
+            await self._notify()  # the oldest weights among the servers up may have moved (wait_all_at)
             return
         finally:
             server.pending = None
@@ -201,7 +202,8 @@ class InferenceClient:
                 continue
             finally:
                 server.inflight -= n
-                await self._notify()
+                if not server.up:  # readiness changed (the load alone changes nobody's wait: no wake-up storm)
+                    await self._notify()
             stamp.last = max(x for x in (server.step, server.pending, stamp.first) if x is not None)
             return parse_completions(data)
 

@@ -1,8 +1,9 @@
 """One rollout group: G samples of one task (single- or multi-turn), scored, turned into contract samples.
 
 Tokenization and scoring run in threads (``asyncio.to_thread``), never on the event loop, a group at a time: one
-hop decodes all G completions, and scoring takes one hop for the whole group once the environment's scoring has
-been measured cheap (under ``CHEAP_SCORE_S`` a sample), one hop per sample (in parallel) otherwise. Each hop
+hop encodes the prompt; once the environment's scoring has been measured cheap (under ``CHEAP_SCORE_S`` a sample),
+one more hop decodes all G completions and scores them (single-turn), else one hop decodes them and scoring takes
+one hop per sample (in parallel). Each hop
 costs a thread wake-up and a return through the event loop: the 17 hops of a group of 8 used to cost more CPU
 than the decoding and scoring they carried. An inference failure (after the client's retries) or a rubric error (``Score.failed``)
 makes a failed sample: it stays in the batch with an all-zero completion mask and advantage 0, and is counted.
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from intellect.rl.advantages import group_advantages, is_degenerate
 from intellect.rl.envs.base import Turn
-from intellect.rl.orchestrator.client import InferenceClient, InferenceError, Stamp
+from intellect.rl.orchestrator.client import Completion, InferenceClient, InferenceError, Stamp
 
 if TYPE_CHECKING:
     from intellect.rl.envs.base import Environment, Task
@@ -116,16 +117,28 @@ class Roller:
             return _fail(samples, f"inference: {exc}")
         if len(comps) != n:
             return _fail(samples, f"inference: asked n={n}, got {len(comps)} choices")
+        self.tokens += sum(len(c.token_ids) for c in comps)
+        if env.max_turns == 1 and self._cheap(env):  # decode and score in one hop
+            await asyncio.to_thread(self._take_and_score, env, task, samples, comps, stamp)
+            return samples
         texts = await asyncio.to_thread(lambda: [self.tok.decode(c.token_ids) for c in comps])
-        for sample, comp, text in zip(samples, comps, texts, strict=True):
-            sample.add(comp.token_ids, comp.logprobs, sampled=True)
-            sample.stamp(stamp, comp.weight_steps)
-            self.tokens += len(comp.token_ids)
-            sample.transcript.append(Turn("assistant", text))
+        _take(samples, comps, texts, stamp)
         if env.max_turns > 1:
             await asyncio.gather(*(self._more_turns(env, task, s, min_step, temp) for s in samples))
         await self._score_all(env, task, [s for s in samples if not s.failed])
         return samples
+
+    def _cheap(self, env: Environment) -> bool:
+        """Has this environment's scoring been measured under ``CHEAP_SCORE_S`` a sample?"""
+        mean = self.score_s.get(env.name)
+        return mean is not None and mean < CHEAP_SCORE_S
+
+    def _take_and_score(
+        self, env: Environment, task: Task, samples: list[SampleResult], comps: list[Completion], stamp: Stamp
+    ) -> None:
+        """In a worker thread: decode the completions into the samples, then score them one after the other."""
+        _take(samples, comps, [self.tok.decode(c.token_ids) for c in comps], stamp)
+        self._score_each(env, task, [s for s in samples if not s.failed])
 
     async def _more_turns(
         self, env: Environment, task: Task, sample: SampleResult, min_step: int, temp: float
@@ -159,8 +172,7 @@ class Roller:
 
     async def _score_all(self, env: Environment, task: Task, samples: list[SampleResult]) -> None:
         """Score the group in one thread hop when the environment is known to score cheaply, else in parallel."""
-        mean = self.score_s.get(env.name)
-        if mean is not None and mean < CHEAP_SCORE_S:
+        if self._cheap(env):
             await asyncio.to_thread(self._score_each, env, task, samples)
         else:
             await asyncio.gather(*(asyncio.to_thread(self._score_each, env, task, [s]) for s in samples))
@@ -173,6 +185,14 @@ class Roller:
             took = time.perf_counter() - start
             mean = self.score_s.get(env.name)
             self.score_s[env.name] = took if mean is None else 0.9 * mean + 0.1 * took
+
+
+def _take(samples: list[SampleResult], comps: list[Completion], texts: list[str], stamp: Stamp) -> None:
+    """The first turn's completions into their samples (tokens, logprobs, weight steps, transcript)."""
+    for sample, comp, text in zip(samples, comps, texts, strict=True):
+        sample.add(comp.token_ids, comp.logprobs, sampled=True)
+        sample.stamp(stamp, comp.weight_steps)
+        sample.transcript.append(Turn("assistant", text))
 
 
 def _score(env: Environment, task: Task, sample: SampleResult) -> None:
