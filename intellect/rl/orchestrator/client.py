@@ -202,7 +202,9 @@ class InferenceClient:
                 continue
             finally:
                 server.inflight -= n
-                if not server.up:  # readiness changed (the load alone changes nobody's wait: no wake-up storm)
+                if (
+                    not server.up
+                ):  # readiness changed (the load alone changes nobody's wait: no wake-up storm)
                     await self._notify()
             stamp.last = max(x for x in (server.step, server.pending, stamp.first) if x is not None)
             return parse_completions(data)
