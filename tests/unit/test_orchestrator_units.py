@@ -448,3 +448,23 @@ def test_server_reported_weight_steps_win_over_the_client_stamp() -> None:
     assert (sample.first, sample.last) == (4, 5)
     with pytest.raises(InferenceError):
         parse_completions({"choices": [{**choice, "logprobs": {"token_logprobs": []}}]})
+
+
+def test_the_orchestrator_loads_the_tiny_tokenizer_without_torch() -> None:
+    """The orchestrator needs no torch for the debug recipes: importing it cost seconds of start-up and memory."""
+    probe = (
+        "import sys\n"
+        "from intellect.recipe import load_recipe\n"
+        "from intellect.rl.envs import make_env\n"
+        "from intellect.rl.orchestrator.loop import Orchestrator\n"
+        "from intellect.rl.orchestrator.tokens import load_tokenizer\n"
+        "recipe = load_recipe('recipes/debug-cpu.yaml')\n"
+        "envs = [make_env(spec) for spec in recipe.environments]\n"
+        "tok = load_tokenizer(recipe.model)\n"
+        "assert tok.decode(tok.encode('123', bos=True)) == '123'\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -1,7 +1,7 @@
 """The tokenizer seam: the orchestrator only encodes prompts (bos + text), decodes completions and knows eos.
 
-The tiny CPU model uses ``CharTokenizer`` from ``intellect.rl.model`` (imported lazily: that module imports
-torch); any other model name loads its Hugging Face tokenizer.
+The tiny CPU model uses ``CharTokenizer`` from ``intellect.rl.tokenizer`` (no torch import); any other model
+name loads its Hugging Face tokenizer.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class HFTokenizer:
 
 
 def load_tokenizer(model: Model) -> Tokenizer:
-    from intellect.rl.model import TINY_NAME, CharTokenizer
+    from intellect.rl.tokenizer import TINY_NAME, CharTokenizer
 
     if model.name == TINY_NAME:
         return CharTokenizer()
