@@ -269,8 +269,9 @@ def test_rollout_polls_start_fast_and_back_off(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(data.time, "sleep", sleep)
     got, _ = wait_for_rollouts(tmp_path, 1, poll_s=0.05)
     assert got == folder and len(sleeps) == 12
-    assert sleeps[0] == pytest.approx(0.005) and sleeps[1] == pytest.approx(0.0075)
-    assert sleeps == sorted(sleeps) and max(sleeps) == 0.05 and sleeps[-4:] == [0.05] * 4
+    assert sleeps[0] == pytest.approx(0.001) and sleeps[1] == pytest.approx(0.0015)
+    assert sleeps == sorted(sleeps) and max(sleeps) == 0.05 and sleeps[-2:] == [0.05] * 2
+    assert sum(sleeps[:10]) < 0.12  # ten polls in the first 120 ms, then one per poll_s
 
 
 def test_warmup_learns_and_publishes_step_0(tmp_path: Path) -> None:

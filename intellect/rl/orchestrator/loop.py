@@ -1,7 +1,7 @@
 """The Orchestrator: supervised asyncio tasks around one readable main loop (``Orchestrator.run``).
 
 Tasks: ``refill`` (producer: keeps ``prompts_per_step x (1 + max_async_level)`` groups in flight and starts a
-new group the moment one is absorbed), ``weights`` (waits in a worker thread, polling every ~10 ms, for the next
+new group the moment one is absorbed), ``weights`` (waits in a worker thread, polling every ~2 ms, for the next
 weights/step_N/STABLE, pushes new weights to every server while requests are in flight, queues online evals),
 ``evals`` (runs them), and one short task per group.
 The main loop absorbs finished groups into the batch they were generated for and hands complete batches over.
@@ -105,7 +105,7 @@ class Orchestrator:
         env_factory: Callable[[EnvSpec], Environment] | None = None,
         metrics_port: int | None = None,  # None: the recipe's; 0: any free port; -1: no /metrics
         metrics_addr: str = "0.0.0.0",
-        poll_s: float = 0.01,
+        poll_s: float = 0.002,  # weights polls: at k >= 1 new weights gate the next batch's generation
         client_options: dict[str, Any] | None = None,
         health_timeout_s: float = 600.0,
         on_ready: Callable[[], object]

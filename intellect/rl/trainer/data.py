@@ -52,7 +52,7 @@ class Batch:
 # ------------------------------------------------------------------------------------------------ rollouts
 
 
-FIRST_POLL_S = 0.005
+FIRST_POLL_S = 0.001
 
 
 def rollouts_dir(run_dir: str | Path, step: int) -> Path:
@@ -68,9 +68,10 @@ def wait_for_rollouts(
 ) -> tuple[Path, float]:
     """Poll until ``rollouts/step_N/STABLE`` exists; return the folder and the seconds waited.
 
-    The first polls come every 5 ms and back off by 1.5x up to ``poll_s``: a batch that lands soon after the
-    trainer asks for it (the usual case at ``max_async_level`` >= 1) is seen within milliseconds, while a long
-    wait costs one stat per ``poll_s`` (the shared filesystem's metadata server sees every rank's polls).
+    The first poll comes after 1 ms and the delay grows by 1.5x up to ``poll_s`` (ten polls in the first 115 ms).
+    A batch that lands soon after the trainer asks for it is seen within milliseconds: at ``max_async_level`` >= 1
+    that is the usual case, and a wait is on the critical path. A long wait costs one stat per ``poll_s`` (the
+    shared filesystem's metadata server sees every rank's polls).
     A folder without STABLE is never read. Raises TimeoutError after ``timeout_s`` and InterruptedError when
     ``should_stop`` says so.
     """
