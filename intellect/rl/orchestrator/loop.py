@@ -108,8 +108,7 @@ class Orchestrator:
         poll_s: float = 0.002,  # weights polls: at k >= 1 new weights gate the next batch's generation
         client_options: dict[str, Any] | None = None,
         health_timeout_s: float = 600.0,
-        on_ready: Callable[[], object]
-        | None = None,  # called once start-up is over (the entry point: freeze_heap)
+        on_ready: Callable[[], object] | None = None,  # once start-up is over (the entry point: freeze_heap)
     ) -> None:
         self.recipe, self.urls, self.transport = recipe, urls, transport
         self.on_ready = on_ready

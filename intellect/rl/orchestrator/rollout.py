@@ -3,10 +3,10 @@
 Tokenization and scoring run in threads (``asyncio.to_thread``), never on the event loop, a group at a time: one
 hop encodes the prompt; once the environment's scoring has been measured cheap (under ``CHEAP_SCORE_S`` a sample),
 one more hop decodes all G completions and scores them (single-turn), else one hop decodes them and scoring takes
-one hop per sample (in parallel). Each hop
-costs a thread wake-up and a return through the event loop: the 17 hops of a group of 8 used to cost more CPU
-than the decoding and scoring they carried. An inference failure (after the client's retries) or a rubric error (``Score.failed``)
-makes a failed sample: it stays in the batch with an all-zero completion mask and advantage 0, and is counted.
+one hop per sample (in parallel). Each hop costs a thread wake-up and a return through the event loop: the 17
+hops of a group of 8 used to cost more CPU than the decoding and scoring they carried. An inference failure (after
+the client's retries) or a rubric error (``Score.failed``) makes a failed sample: it stays in the batch with an
+all-zero completion mask and advantage 0, and is counted.
 """
 
 from __future__ import annotations

@@ -147,18 +147,20 @@ def all_reduce_sum(values: Sequence[float], info: DistInfo, device: torch.device
     """Sum numbers across ranks (float64); identity for a single process."""
     if not info.distributed:
         return [float(v) for v in values]
-    t = torch.tensor(list(values), dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return [float(v) for v in t.tolist()]
+    return [float(v) for v in _all_reduce(values, torch.float64, dist.ReduceOp.SUM, device)]
 
 
 def all_reduce_max(value: int, info: DistInfo, device: torch.device) -> int:
     """The largest ``value`` over the ranks; identity for a single process."""
     if not info.distributed:
         return value
-    t = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return int(_all_reduce([value], torch.int64, dist.ReduceOp.MAX, device)[0])
+
+
+def _all_reduce(values: Sequence[float], dtype: torch.dtype, op: Any, device: torch.device) -> list[Any]:
+    t = torch.tensor(list(values), dtype=dtype, device=device)
+    dist.all_reduce(t, op=op)
+    return list(t.tolist())
 
 
 def barrier(info: DistInfo) -> None:
