@@ -20,7 +20,7 @@ from intellect.rl.envs.base import Environment, Rubric, Task, Turn
 from intellect.rl.orchestrator import writer
 from intellect.rl.orchestrator.bound import Verdict, judge, judge_group, min_weight_step, off_policy_lag
 from intellect.rl.orchestrator.client import InferenceClient, InferenceError, Stamp
-from intellect.rl.orchestrator.fake import CoinFlipEnv, DigitTokenizer, FakeCluster, FakeServer
+from intellect.rl.orchestrator.fake import CoinFlipEnv, DigitTokenizer, FakeCluster, FakeServer, TcpFront
 from intellect.rl.orchestrator.loop import Finished, Orchestrator
 from intellect.rl.orchestrator.planner import BatchPlanner
 from intellect.rl.orchestrator.pools import DifficultyPools, Draw, TaskSampler, classify
@@ -270,7 +270,7 @@ def _cluster(n: int = 2, **kw: Any) -> FakeCluster:
     return FakeCluster([FakeServer(f"http://s{i}:80", [3, 4], eos=2, **kw) for i in range(n)])
 
 
-def _client(transport: httpx.AsyncBaseTransport, urls: list[str], **kw: Any) -> InferenceClient:
+def _client(transport: httpx.AsyncBaseTransport | None, urls: list[str], **kw: Any) -> InferenceClient:
     opts = {"retry_for_s": 1.0, "probe_every_s": 0.01, "backoff_s": (0.001, 0.01), **kw}
     return InferenceClient(urls, transport=transport, **opts)
 
@@ -310,6 +310,41 @@ def test_client_spreads_by_least_inflight() -> None:
         await asyncio.gather(*(client.complete(PAYLOAD) for _ in range(10)))
         assert [s.served for s in cluster.servers.values()] == [5, 5]
         await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_client_lanes_hold_one_connection_per_request_in_flight_over_real_sockets() -> None:
+    """Real loopback HTTP (TcpFront stands in for the inference server's uvicorn side): completions reuse
+    one keep-alive connection per request in flight and per server, bursts after the first open none, and a
+    server that drops its connections is used again through the same lanes once it is back."""
+
+    async def go() -> None:
+        fakes = [FakeServer(f"http://s{i}:80", [3, 4], eos=2, latency=lambda rng: 0.02) for i in range(2)]
+        fronts = [TcpFront(f) for f in fakes]
+        urls = [await front.start() for front in fronts]
+        client = _client(None, urls, retry_for_s=5.0)
+        await client.wait_healthy(5)
+        await client.update_weights("/w", 0)  # health and weights: one control connection per server
+        for _ in range(3):
+            await asyncio.gather(*(client.complete(PAYLOAD) for _ in range(8)))
+        assert [f.served for f in fakes] == [12, 12]
+        assert len(client._lanes) == 8
+        for front in fronts:  # 1 control + 4 lanes, each lane carried one request of each burst
+            assert sorted(front.requests_per_connection) == [2, 3, 3, 3, 3]
+        fakes[0].kill()  # refuses: the front drops the connection, the client reroutes to the other server
+        outs = await asyncio.gather(*(client.complete(PAYLOAD) for _ in range(4)))
+        assert len(outs) == 4 and fakes[1].served == 16 and not client.servers[0].up
+        fakes[0].restart()
+        for _ in range(300):
+            if client.servers[0].up:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*(client.complete(PAYLOAD) for _ in range(8)))
+        assert fakes[0].served == 12 + 4 and len(client._lanes) == 8  # no lane added for the recovery
+        await client.aclose()
+        for front in fronts:
+            await front.close()
 
     asyncio.run(go())
 

@@ -3,7 +3,8 @@
 It speaks the inference HTTP API of ``intellect.rl``: completions are random tokens drawn from ``alphabet``
 (then eos, or ``max_tokens`` tokens) with made-up logprobs, after a latency drawn from ``latency(rng)``.
 ``kill()`` makes the server refuse connections and breaks the requests it had in flight; ``restart()``
-brings it back running ``restart_step`` weights, as a restarted process would.
+brings it back running ``restart_step`` weights, as a restarted process would. ``TcpFront`` puts one behind a
+real loopback HTTP listener, for tests and benchmarks of the client's connections.
 """
 
 from __future__ import annotations
@@ -127,6 +128,59 @@ class FakeCluster:
 
 def _addr(url: httpx.URL) -> tuple[str, int]:
     return url.host, url.port or (443 if url.scheme == "https" else 80)
+
+
+class TcpFront:
+    """A fake server behind a real HTTP/1.1 listener on loopback, with keep-alive, counting connections.
+
+    It stands in for the inference server's socket side (uvicorn) where a test or benchmark is about the
+    client's connections and CPU rather than generation. Requests are parsed by Content-Length (what httpx
+    sends), answered by ``FakeServer.handle``; a fake that refuses (killed) drops the connection.
+    """
+
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+        self.requests_per_connection: list[int] = []  # one entry per accepted connection
+        self._listener: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._listener = await asyncio.start_server(self._serve, host, port)
+        bound = self._listener.sockets[0].getsockname()
+        self.url = f"http://{bound[0]}:{bound[1]}"
+        return self.url
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(self.requests_per_connection)
+        self.requests_per_connection.append(0)
+        try:
+            while True:
+                try:
+                    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                method, target, _ = head[0].split(" ", 2)
+                fields = dict(line.split(":", 1) for line in head[1:] if ":" in line)
+                length = int({k.strip().lower(): v for k, v in fields.items()}.get("content-length", 0))
+                body = await reader.readexactly(length)
+                try:
+                    resp = await self.server.handle(
+                        httpx.Request(method, self.server.url + target, content=body)
+                    )
+                except httpx.HTTPError:
+                    return
+                self.requests_per_connection[index] += 1
+                status = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
+                headers = f"content-type: application/json\r\ncontent-length: {len(resp.content)}\r\n\r\n"
+                writer.write((status + headers).encode("latin-1") + resp.content)
+                await writer.drain()
+        finally:
+            writer.close()
 
 
 # ------------------------------------------------------------------------------ a tokenizer and environment
