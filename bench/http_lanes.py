@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -67,6 +68,14 @@ async def lanes(url: str, inflight: int, rounds: int) -> float:
         await client.aclose()
 
 
+async def make_lanes(url: str, n: int) -> None:
+    client = InferenceClient([url])
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(n):
+            await stack.enter_async_context(client._lane(client.servers[0]))
+    await client.aclose()
+
+
 async def timed(one: object, inflight: int, rounds: int) -> float:
     async def burst() -> None:
         await asyncio.gather(*(one() for _ in range(inflight)))  # type: ignore[operator]
@@ -110,6 +119,11 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.05)
         print(f"client CPU per request (n=8 choices each), {args.rounds} bursts; server on its own core")
+        start = time.process_time()
+        asyncio.run(make_lanes(url, 64))
+        print(
+            f"making 64 lanes: {(time.process_time() - start) * 1e3:.1f} ms of CPU (one TLS context, shared)"
+        )
         for n in args.inflight:
             old = asyncio.run(shared_pool(url, n, args.rounds))
             new = asyncio.run(lanes(url, n, args.rounds))
