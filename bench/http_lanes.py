@@ -122,7 +122,7 @@ def main() -> None:
         start = time.process_time()
         asyncio.run(make_lanes(url, 64))
         print(
-            f"making 64 lanes: {(time.process_time() - start) * 1e3:.1f} ms of CPU (one TLS context, shared)"
+            f"a client and its first 64 lanes: {(time.process_time() - start) * 1e3:.1f} ms of CPU (one TLS context)"
         )
         for n in args.inflight:
             old = asyncio.run(shared_pool(url, n, args.rounds))
