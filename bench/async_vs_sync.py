@@ -10,8 +10,9 @@ Defaults, chosen so that generation and training take about as long per step, ea
 model (0.8M parameters), batch 128 (16 prompts x 8), up to 24 new tokens, after a 30-step supervised warm-up that
 is not timed. Measured on the 2-core development machine (2026-12-01), CPU seconds per step at k=1: inference
 0.085-0.105 and orchestrator 0.03 on core 0, trainer 0.16-0.17 on core 1, so k=1 runs at the trainer's pace.
-The script prints these figures for each run, so the balance can be checked. The warm-up matters: a cold model scores 0 on nearly every sample, so most
-groups are dropped for zero advantage, and the two modes end up generating different numbers of groups.
+The script prints these figures for each run, so the balance can be checked. The warm-up matters: a cold model
+scores 0 on nearly every sample, so most groups are dropped for zero advantage, and the two modes end up
+generating different numbers of groups.
 Warmed up, about 16.2 groups are generated per 16 kept. The orchestrator sits on the inference core
 because the trainer's core has no CPU to spare. ``--kv-on-update recompute`` runs the server in its former mode
 (rebuild the KV cache of the sequences in flight at each weight update) for comparison.

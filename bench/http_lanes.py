@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -76,9 +77,9 @@ async def make_lanes(url: str, n: int) -> None:
     await client.aclose()
 
 
-async def timed(one: object, inflight: int, rounds: int) -> float:
+async def timed(one: Callable[[], Awaitable[None]], inflight: int, rounds: int) -> float:
     async def burst() -> None:
-        await asyncio.gather(*(one() for _ in range(inflight)))  # type: ignore[operator]
+        await asyncio.gather(*(one() for _ in range(inflight)))
 
     for _ in range(3):  # connections opened, caches warm
         await burst()

@@ -98,14 +98,14 @@ class InferenceClient:
             raise InferenceError("no inference server given", hint="set INFERENCE_URLS=http://host:port,...")
         self.servers = [Server(u.rstrip("/")) for u in urls]
         self._transport, self._timeout = transport, request_timeout_s
-        self._http = httpx.AsyncClient(transport=transport, timeout=request_timeout_s)  # health and weights
+        self._tls = httpx.create_ssl_context()  # built once: each client building its own costs about 20 ms
+        self._http = self._new_http()  # health checks and weight pushes
         # Completions go through lanes: a small client per request in flight to a server (one connection),
         # reused most recently freed first. One pool holding as many connections as requests in flight costs
         # O(connections^2) per request in httpcore 1.0's bookkeeping: about 1.5 ms of CPU per request at 16 in
         # flight and 2.6 ms at 32, against 0.5 ms with lanes (bench/http_lanes.py).
         self._idle_lanes: dict[str, list[httpx.AsyncClient]] = {s.url: [] for s in self.servers}
         self._lanes: list[httpx.AsyncClient] = []
-        self._tls = httpx.create_ssl_context()  # built once: each client building its own costs about 20 ms
         self.retry_for_s = retry_for_s
         self.backoff_s = backoff_s
         self.probe_every_s = probe_every_s
@@ -220,6 +220,9 @@ class InferenceClient:
             stamp.last = max(x for x in (server.step, server.pending, stamp.first) if x is not None)
             return parse_completions(data)
 
+    def _new_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=self._transport, timeout=self._timeout, verify=self._tls)
+
     @contextlib.asynccontextmanager
     async def _lane(self, server: Server) -> AsyncIterator[httpx.AsyncClient]:
         """A client that carries one request at a time to ``server`` (made on demand, returned after)."""
@@ -227,7 +230,7 @@ class InferenceClient:
         if idle:
             lane = idle.pop()
         else:
-            lane = httpx.AsyncClient(transport=self._transport, timeout=self._timeout, verify=self._tls)
+            lane = self._new_http()
             self._lanes.append(lane)
         try:
             yield lane

@@ -165,8 +165,10 @@ class TcpFront:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 method, target, _ = head[0].split(" ", 2)
-                fields = dict(line.split(":", 1) for line in head[1:] if ":" in line)
-                length = int({k.strip().lower(): v for k, v in fields.items()}.get("content-length", 0))
+                fields = {
+                    k.strip().lower(): v for k, v in (line.split(":", 1) for line in head[1:] if ":" in line)
+                }
+                length = int(fields.get("content-length", 0))
                 body = await reader.readexactly(length)
                 try:
                     resp = await self.server.handle(
