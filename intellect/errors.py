@@ -8,7 +8,11 @@ Only the CLI turns these into exit codes (see ``intellect/cli/main.py``)::
     ├── LaunchError                exit 1  a launch that could not be planned or submitted
     ├── SlurmError                 exit 1  a Slurm command failed
     │   └── SlurmUnreachable       exit 3  slurmctld did not answer (down, unreachable, timed out)
-    └── RunError                   exit 1  a role of a run failed
+    ├── RunError                   exit 1  a role of a run failed
+    └── EnvError                   exit 4  an environment could not be built or its data read (inside a role:
+        └── DataError                      unknown name, bad argument, a dataset that fails to load, a reward
+                                           function that cannot import); the role writes the one-line cause to
+                                           ``RUN_DIR/status/<role>-<rank>.cause``
 
 Third-party errors are translated at the boundary with ``raise ... from exc``.
 """
@@ -21,10 +25,11 @@ class IntellectError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, more: list[str] | tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.more = list(more)  # further problems of the same check, one line each
 
     def __str__(self) -> str:
         return self.message
@@ -56,3 +61,9 @@ class SlurmUnreachable(SlurmError):
 
 class RunError(IntellectError):
     """A role of a run exited with an error."""
+
+
+class EnvError(IntellectError):
+    """An environment could not be built, or its dataset read, inside a role (one line: name and cause)."""
+
+    exit_code = 4

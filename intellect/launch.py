@@ -8,7 +8,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ import yaml
 
 from intellect import runs
 from intellect.errors import LaunchError
-from intellect.recipe import Recipe, load_recipe, time_minutes
+from intellect.recipe import Recipe, load_recipe_doc, time_minutes
 from intellect.slurm.plan import Plan, make_plan
 from intellect.slurm.render import render_sbatch
 from intellect.slurm.submit import Executor, Submission, choose_executor, submit
@@ -34,6 +34,7 @@ class Prepared:
     recipe: Recipe
     plan: Plan
     script: str
+    warnings: list[str] = field(default_factory=list)  # what only the job can know (hub ids), said once
 
 
 def prepare(
@@ -42,12 +43,22 @@ def prepare(
     exclude: list[str] | None = None,
     excluded_reasons: dict[str, str] | None = None,
 ) -> Prepared:
-    """Validate and render; pure apart from reading the recipe. Used by --dry-run and by launch."""
-    recipe = load_recipe(recipe_path)
+    """Validate (the schema, then environments, data and model: ``recipe_check``) and render; reads files but
+    writes nothing. Used by --dry-run and by launch."""
+    from intellect.recipe_check import check_recipe
+
+    recipe, root = load_recipe_doc(recipe_path)
+    warnings = check_recipe(recipe, str(recipe_path), root)
     run_dir_abs = str(Path(run_dir or recipe.run_dir).absolute())
     recipe = recipe.model_copy(update={"run_dir": run_dir_abs})
     plan = make_plan(recipe, run_dir_abs, exclude=exclude, excluded_reasons=excluded_reasons)
-    return Prepared(recipe=recipe, plan=plan, script=render_sbatch(plan))
+    return Prepared(recipe=recipe, plan=plan, script=render_sbatch(plan), warnings=warnings)
+
+
+def _replan(prep: Prepared, exclude: list[str], reasons: dict[str, str]) -> Prepared:
+    """The same checked recipe planned again with the gate's exclusions."""
+    plan = make_plan(prep.recipe, prep.plan.run_dir, exclude=exclude, excluded_reasons=reasons)
+    return Prepared(recipe=prep.recipe, plan=plan, script=render_sbatch(plan), warnings=prep.warnings)
 
 
 def gated_prepare(
@@ -62,8 +73,11 @@ def gated_prepare(
     ``strict`` (a real launch) raises LaunchError when the gate cannot vouch for enough nodes."""
     from intellect.health.gate import run_gate
 
-    gate = run_gate(load_recipe(recipe_path), prometheus_url, enabled=health_gate, strict=strict)
-    return prepare(recipe_path, run_dir, exclude=gate.exclude, excluded_reasons=gate.reasons), gate
+    prep = prepare(recipe_path, run_dir)
+    gate = run_gate(prep.recipe, prometheus_url, enabled=health_gate, strict=strict)
+    if gate.exclude:
+        prep = _replan(prep, gate.exclude, gate.reasons)
+    return prep, gate
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -106,7 +120,7 @@ def launch(
     chosen = choose_executor(executor)  # before touching the run dir: an unreachable Slurm changes nothing
     gate = _gate(prep, recipe_path, run_dir, exclude, chosen, prometheus_url, health_gate)
     if gate.exclude:
-        prep = prepare(recipe_path, run_dir, sorted({*(exclude or []), *gate.exclude}), gate.reasons)
+        prep = _replan(prep, sorted({*(exclude or []), *gate.exclude}), gate.reasons)
     script = write_run_dir(prep, resume)
     (Path(prep.plan.run_dir) / GATE_NAME).write_text(json.dumps(gate.to_json(), indent=2))
     sub = submit(prep.plan, script, chosen, time_minutes(prep.recipe))

@@ -270,6 +270,13 @@ def time_minutes(recipe: Recipe) -> int:
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Load and validate a recipe; raise RecipeError with one line naming file, field and fix."""
+    return load_recipe_doc(path, overrides)[0]
+
+
+def load_recipe_doc(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[Recipe, yaml.Node | None]:
+    """The recipe and its YAML node tree (for errors that name a line in later checks)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -290,7 +297,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     if overrides:
         data = {**data, **overrides}
-    return validate_recipe(data, source=str(path), root=root)
+    return validate_recipe(data, source=str(path), root=root), root
 
 
 def validate_recipe(data: dict[str, Any], source: str = "<recipe>", root: yaml.Node | None = None) -> Recipe:
@@ -310,7 +317,7 @@ def _describe(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
     else:
         dotted = _dotted(loc)
         msg = _message(err, loc)
-    line = _line_of(root, loc)
+    line = line_of(root, loc)
     where = f"{source}:{line}" if line else source
     more = len(exc.errors()) - 1
     tail = f" (+{more} more)" if more > 0 else ""
@@ -358,7 +365,8 @@ def _model_at(loc: list[Any]) -> type[BaseModel]:
     return model
 
 
-def _line_of(root: yaml.Node | None, loc: list[Any]) -> int | None:
+def line_of(root: yaml.Node | None, loc: list[Any]) -> int | None:
+    """The line of the YAML node at ``loc`` (keys and list indexes), or of its nearest parent that exists."""
     node = root
     for part in loc:
         if isinstance(node, yaml.MappingNode):

@@ -56,8 +56,16 @@ def launch_cmd(
         prep, gate = launching.gated_prepare(
             recipe, run_dir, prometheus_url, not no_health_gate, strict=False
         )
+        _warn(prep.warnings)
         if as_json:
-            emit_json({"plan": prep.plan.to_json(), "script": prep.script, "health_gate": gate.to_json()})
+            emit_json(
+                {
+                    "plan": prep.plan.to_json(),
+                    "script": prep.script,
+                    "health_gate": gate.to_json(),
+                    "warnings": prep.warnings,
+                }
+            )
             return
         if gate.status not in ("passed", "disabled"):
             status_console().print(f"[yellow]warning:[/] {gate.message}")
@@ -72,6 +80,7 @@ def launch_cmd(
         prometheus_url=prometheus_url,
         health_gate=not no_health_gate,
     )
+    _warn(prep.warnings)
     con = status_console()
     con.print(f"[bold]submitted[/] job [cyan]{sub.job_id}[/] ({sub.executor} executor)")
     con.print(f"run directory: {prep.plan.run_dir}")
@@ -83,6 +92,11 @@ def launch_cmd(
     from intellect.cli.follow import follow_local
 
     follow_local(prep.plan.run_dir, sub)
+
+
+def _warn(warnings: list[str]) -> None:
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 def _print_plan(plan) -> None:  # type: ignore[no-untyped-def]

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug or os.environ.get("INTELLECT_DEBUG") == "1":
             raise
         error_line(exc.message, exc.hint)
+        for message in exc.more:
+            error_line(message)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         error_line("interrupted")

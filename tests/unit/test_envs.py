@@ -12,11 +12,12 @@ from fractions import Fraction
 import pytest
 
 from intellect.recipe import EnvSpec
-from intellect.rl.envs import available, make_env, register
+from intellect.rl.envs import SpecProblem, available, make_env, register
 from intellect.rl.envs.base import Rubric, Task, Turn
 from intellect.rl.envs.calculator import Calculator
 from intellect.rl.envs.code_env import Code, run_tests
 from intellect.rl.envs.common import tag_contents
+from intellect.rl.envs.data import DataError
 from intellect.rl.envs.math_env import Math, equivalent, last_boxed
 from intellect.rl.envs.reverse_digits import ReverseDigits
 from intellect.rl.envs.safe_calc import CalcError, evaluate, format_number
@@ -30,17 +31,24 @@ def spec(name: str, args: dict[str, object] | None = None) -> EnvSpec:
 
 
 def test_registry_builds_each_env_from_a_spec() -> None:
-    assert {"reverse-digits", "math", "calculator", "code"} <= set(available())
+    assert {"reverse-digits", "math", "calculator", "code", "science", "logic"} <= set(available())
     env = make_env(spec("reverse-digits", {"min_len": 3, "max_len": 5, "split": "eval"}))
     assert isinstance(env, ReverseDigits)
     assert env.tasks() is env.tasks("eval")
 
 
 def test_registry_rejects_unknown_name_and_args() -> None:
-    with pytest.raises(ValueError, match=r"unknown environment 'nope'; known: .*reverse-digits"):
+    with pytest.raises(SpecProblem, match=r"unknown environment 'nope'; known: .*reverse-digits") as exc:
         make_env(spec("nope"))
-    with pytest.raises(ValueError, match=r"unknown args \['lenght'\]; allowed: .*min_len"):
+    assert exc.value.field == "name"
+    with pytest.raises(SpecProblem, match=r"unknown environment 'maths'; did you mean 'math'\?"):
+        make_env(spec("maths"))
+    with pytest.raises(SpecProblem, match=r"unknown argument; allowed: .*min_len") as exc:
         make_env(spec("reverse-digits", {"lenght": 3}))
+    assert exc.value.field == "args.lenght"
+    with pytest.raises(SpecProblem, match=r"must be ≥ 1 \(got 0\)") as exc:
+        make_env(spec("reverse-digits", {"min_len": 0}))
+    assert exc.value.field == "args.min_len"
     with pytest.raises(ValueError, match="already registered"):
         register("math", Math)
 
@@ -58,7 +66,7 @@ def test_envs_package_does_not_import_torch_or_sympy() -> None:
 # ------------------------------------------------------------------------------------------ datasets
 
 
-@pytest.mark.parametrize("name", ["reverse-digits", "math", "calculator", "code"])
+@pytest.mark.parametrize("name", ["reverse-digits", "math", "calculator", "code", "science", "logic"])
 def test_datasets_are_deterministic_and_disjoint(name: str) -> None:
     a, b = make_env(spec(name)), make_env(spec(name))
     train, evals = a.tasks("train"), a.tasks("eval")
@@ -143,13 +151,13 @@ def test_math_loads_a_local_jsonl(tmp_path) -> None:  # type: ignore[no-untyped-
     path = tmp_path / "data.jsonl"
     rows = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(200)]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    env = Math(path=str(path))
+    env = Math(dataset=str(path))
     train, evals = env.tasks("train"), env.tasks("eval")
     assert len(train) + len(evals) == 200 and evals
     assert env.score(train[0], env.reference(train[0])).correct
     path.write_text('{"question": "no answer"}\n')
-    with pytest.raises(ValueError, match=":1: need a JSON object"):
-        Math(path=str(path)).tasks()
+    with pytest.raises(DataError, match="row 1 has no column 'answer'"):
+        Math(dataset=str(path)).tasks()
 
 
 # ------------------------------------------------------------------------------------------ rubric errors

@@ -1,59 +1,46 @@
 """Environments by name: ``make_env(spec)`` builds one from a recipe's ``EnvSpec`` (``spec.args`` become keyword
-arguments). No torch here: the orchestrator and the CLI import this.
+arguments, checked against the constructor's parameters). No torch here: the orchestrator and the CLI import this.
 
-Built in: reverse-digits, math, calculator, code. ``register(name, factory)`` adds more.
+Built in: reverse-digits, math, code, science, logic, calculator. Installed packages add more through the entry
+point group ``intellect.environments`` (see ``registry``); ``register(name, factory)`` adds one in this process.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from intellect.rl.envs.base import Environment, Rubric, Score, Task, Turn
 from intellect.rl.envs.calculator import Calculator
 from intellect.rl.envs.code_env import Code
+from intellect.rl.envs.logic_env import Logic
 from intellect.rl.envs.math_env import Math
+from intellect.rl.envs.registry import GROUP, SpecProblem, available, build, check_spec, register
 from intellect.rl.envs.reverse_digits import ReverseDigits
+from intellect.rl.envs.science_env import Science
 
 if TYPE_CHECKING:
     from intellect.recipe import EnvSpec
 
-__all__ = ["Environment", "Rubric", "Score", "Task", "Turn", "available", "make_env", "register"]
-
-Factory = Callable[..., Environment]
-_REGISTRY: dict[str, Factory] = {}
-
-
-def register(name: str, factory: Factory, *, replace: bool = False) -> None:
-    """Make ``factory(**args)`` available as environment ``name``."""
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"environment {name!r} is already registered")
-    _REGISTRY[name] = factory
-
-
-def available() -> list[str]:
-    return sorted(_REGISTRY)
+__all__ = [
+    "GROUP",
+    "Environment",
+    "Rubric",
+    "Score",
+    "SpecProblem",
+    "Task",
+    "Turn",
+    "available",
+    "check_spec",
+    "make_env",
+    "register",
+]
 
 
 def make_env(spec: EnvSpec) -> Environment:
-    """Build the environment a recipe names; a bad name or argument raises ValueError saying what is allowed."""
-    factory = _REGISTRY.get(spec.name)
-    if factory is None:
-        raise ValueError(f"unknown environment {spec.name!r}; known: {', '.join(available())}")
-    _check_args(spec.name, factory, spec.args)
-    return factory(**spec.args)
+    """Build the environment a recipe names; EnvError (one line, saying what is allowed) on a bad name or
+    argument, or when it cannot be built."""
+    return build(spec.name, dict(spec.args))
 
 
-def _check_args(name: str, factory: Factory, args: dict[str, Any]) -> None:
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = [p for p, v in params.items() if v.kind is not inspect.Parameter.VAR_POSITIONAL]
-    unknown = sorted(set(args) - set(allowed))
-    if unknown:
-        raise ValueError(f"environment {name!r}: unknown args {unknown}; allowed: {', '.join(allowed)}")
-
-
-for _cls in (ReverseDigits, Math, Calculator, Code):
+for _cls in (ReverseDigits, Math, Calculator, Code, Science, Logic):
     register(_cls.name, _cls)

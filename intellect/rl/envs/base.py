@@ -80,6 +80,15 @@ class Rubric:
         )
 
 
+class ArgProblem(ValueError):
+    """A bad environment argument found before submission: ``arg`` is its path under ``args`` (``dataset``,
+    ``columns.question``), the message says what is wrong and how to fix it."""
+
+    def __init__(self, arg: str, message: str) -> None:
+        super().__init__(message)
+        self.arg = arg
+
+
 class Environment:
     """Base class. Subclasses set ``name``, build ``rubric`` and implement ``tasks``.
 
@@ -95,6 +104,13 @@ class Environment:
     def __init__(self, **args: Any) -> None:
         self.args = args
         self.rubric = Rubric([])
+
+    @classmethod
+    def preflight(cls, args: dict[str, Any], role: str) -> list[str]:
+        """Check validated ``args`` for ``role`` ('train' or 'eval') before a job is submitted, without building
+        the environment. Raise ArgProblem for what would fail in the job; return warnings for what cannot be
+        known here (a dataset only the job can download)."""
+        return []
 
     def tasks(self, split: str = "train") -> Sequence[Task]:
         """A deterministic dataset for ``split`` ('train' or 'eval'); train and eval never share a task."""

@@ -11,9 +11,20 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import Annotated
+
+from annotated_types import Ge
 
 from intellect.rl.envs.base import Rubric, Task, Turn
-from intellect.rl.envs.common import GeneratedEnv, assistant_texts, tag_contents
+from intellect.rl.envs.common import (
+    Fraction01,
+    GeneratedEnv,
+    NonNegative,
+    PositiveInt,
+    Split,
+    assistant_texts,
+    tag_contents,
+)
 from intellect.rl.envs.safe_calc import CalcError, evaluate, format_number
 
 DEFAULT_SIZE = {"train": 2000, "eval": 200}
@@ -67,12 +78,12 @@ class Calculator(GeneratedEnv):
 
     def __init__(
         self,
-        split: str = "train",
-        size: int | None = None,
+        split: Split = "train",
+        size: PositiveInt | None = None,
         seed: int = 0,
-        max_turns: int = 4,
-        eval_fraction: float = 0.1,
-        tool_weight: float = 0.2,
+        max_turns: Annotated[int, Ge(2)] = 4,
+        eval_fraction: Fraction01 = 0.1,
+        tool_weight: NonNegative = 0.2,
     ) -> None:
         if max_turns < 2:
             raise ValueError(

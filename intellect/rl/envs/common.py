@@ -4,18 +4,25 @@ bases of generated and file-backed environments."""
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from intellect.rl.envs.base import Environment, RewardFn, Rubric, Score, Task, Turn
+from annotated_types import Ge, Interval
+
+from intellect.rl.envs.base import ArgProblem, Environment, RewardFn, Rubric, Score, Task, Turn
+from intellect.rl.envs.data import DataError, Source, check_source, read_rows
 
 T = TypeVar("T")
 
 SPLITS = ("train", "eval")
+
+# Argument types of environments: the registry turns these annotations into checks at launch.
+Split = Literal["train", "eval"]
+Fraction01 = Annotated[float, Interval(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Ge(0.0)]
+PositiveInt = Annotated[int, Ge(1)]
 
 
 def check_split(split: str) -> str:
@@ -103,6 +110,19 @@ class GeneratedEnv(Environment):
         self.split, self.size, self.seed, self.eval_fraction = split, size, seed, eval_fraction
         self._cache: dict[str, list[Task]] = {}
 
+    @classmethod
+    def preflight(cls, args: dict[str, Any], role: str) -> list[str]:
+        fraction = args.get("eval_fraction")
+        if fraction is not None and role == "train" and fraction >= 1:
+            raise ArgProblem(
+                "eval_fraction", f"{fraction} holds every task out for evals, none is left to train on"
+            )
+        if fraction is not None and role == "eval" and fraction <= 0:
+            raise ArgProblem(
+                "eval_fraction", f"{fraction} holds no task out, so this eval has none; raise it (1 = all)"
+            )
+        return []
+
     def tasks(self, split: str | None = None) -> Sequence[Task]:
         """The tasks of ``split`` (default: the ``split`` argument), in a fixed seeded order."""
         split = check_split(split or self.split)
@@ -130,47 +150,83 @@ class GeneratedEnv(Environment):
 
 
 class DatasetEnv(GeneratedEnv):
-    """A generated environment that can read its tasks from a local JSONL file (``path``) instead, one JSON
-    object a line; a row's key decides its split and the first row of a key wins. Its rubric is a correctness
-    reward (weight 1) and a format reward (``format_weight``): subclasses set them as ``rewards`` and implement
-    ``_row``, which turns one parsed line into its key and task (None to skip it) and raises KeyError or
-    TypeError on a row without ``fields``."""
+    """A generated environment that can read its tasks from a dataset instead (``data.Source``): a local JSONL,
+    JSON or Parquet file or dataset folder, or a Hugging Face dataset id with ``subset`` and ``dataset_split``.
+
+    ``columns`` maps the environment's fields (``fields``: field -> default column) to the dataset's columns;
+    ``solve_rate_column`` with ``min_solve_rate``/``max_solve_rate`` filters rows by difficulty offline. A row's
+    key decides its split (``eval_fraction`` of the keys are held out; 1 = the whole dataset is an eval set) and
+    the first row of a key wins. The rubric is a correctness reward (weight 1) and a format reward
+    (``format_weight``): subclasses set them as ``rewards`` and implement ``_row``, which turns one row (fields
+    already renamed) into its key and task, or None to skip it."""
 
     rewards: ClassVar[tuple[RewardFn, RewardFn]]
-    fields: ClassVar[str]
+    fields: ClassVar[dict[str, str]]
 
     def __init__(
         self,
-        path: str | None = None,
-        split: str = "train",
-        size: int | None = None,
+        dataset: str | None = None,
+        subset: str | None = None,
+        dataset_split: str = "train",
+        columns: dict[str, str] | None = None,
+        solve_rate_column: str | None = None,
+        min_solve_rate: Fraction01 = 0.0,
+        max_solve_rate: Fraction01 = 1.0,
+        split: Split = "train",
+        size: PositiveInt | None = None,
         seed: int = 0,
-        eval_fraction: float = 0.15,
-        format_weight: float = 0.1,
+        eval_fraction: Fraction01 = 0.15,
+        format_weight: NonNegative = 0.1,
     ) -> None:
-        super().__init__(path=path, split=split, size=size, seed=seed, eval_fraction=eval_fraction)
-        self.path = path
+        super().__init__(dataset=dataset, split=split, size=size, seed=seed, eval_fraction=eval_fraction)
+        self.source = _source(locals()) if dataset else None
         correct, form = self.rewards
         self.rubric = Rubric([(correct, 1.0), (form, format_weight)])
 
-    def _build(self, split: str) -> list[Task]:
-        return self._load(split) if self.path else super()._build(split)
+    @classmethod
+    def preflight(cls, args: dict[str, Any], role: str) -> list[str]:
+        warnings = super().preflight(args, role)
+        if not args.get("dataset"):
+            for arg in ("subset", "columns", "solve_rate_column"):
+                if args.get(arg):
+                    raise ArgProblem(arg, "applies to a dataset; set args.dataset too, or drop it")
+            return warnings
+        check_source(_source(args), cls.fields)
+        return warnings
 
-    def _load(self, split: str) -> list[Task]:
-        assert self.path is not None
+    def _build(self, split: str) -> list[Task]:
+        if self.source is None:
+            return super()._build(split)
         found: dict[str, Task] = {}
-        with Path(self.path).open() as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    key, task = self._row(json.loads(line))
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{self.path}:{line_no}: need a JSON object with {self.fields}") from exc
-                if task is not None and split_of(key, self.name, self.eval_fraction) == split:
-                    found.setdefault(key, task)
+        for row in read_rows(self.source, self.fields):
+            try:
+                key, task = self._row(row)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(
+                    f"dataset {self.source.describe()}: a row does not fit {self.name}: {type(exc).__name__}: "
+                    f"{exc}"
+                ) from exc
+            if task is not None and split_of(key, self.name, self.eval_fraction) == split:
+                found.setdefault(key, task)
         tasks = list(found.values())
+        if not tasks:
+            raise DataError(
+                f"dataset {self.source.describe()}: no {split} rows for {self.name} (after the solve-rate "
+                "filter and eval_fraction)"
+            )
         return tasks[: self.size] if self.size else tasks
 
-    def _row(self, item: Any) -> tuple[str, Task | None]:
+    def _row(self, item: dict[str, Any]) -> tuple[str, Task | None]:
         raise NotImplementedError
+
+
+def _source(args: dict[str, Any]) -> Source:
+    return Source(
+        dataset=args["dataset"],
+        subset=args.get("subset"),
+        split=args.get("dataset_split") or "train",
+        columns=args.get("columns") or {},
+        solve_rate_column=args.get("solve_rate_column"),
+        min_solve_rate=args.get("min_solve_rate", 0.0),
+        max_solve_rate=args.get("max_solve_rate", 1.0),
+    )

@@ -1,8 +1,10 @@
 """math: questions whose answer goes in ``\\boxed{}``, checked by math-verify.
 
-With no arguments the dataset is built in code (arithmetic, fractions, linear equations, percentages, powers,
-gcd/lcm) with exact answers from Python; ``path`` loads a local JSONL of ``{"question", "answer"}`` instead.
-Either way a question's hash decides its split, so train and eval never share one.
+With no ``dataset`` the tasks are built in code (arithmetic, fractions, linear equations, percentages, powers,
+gcd/lcm) with exact answers from Python. ``dataset`` reads rows with ``question`` and ``answer`` columns instead
+(the schema of the ``math`` subset of ``PrimeIntellect/INTELLECT-3-RL``, whose ``avg@8_qwen3_4b_instruct_2507``
+column is the solve rate to filter on); ``columns`` maps other names (AIME sets call it ``problem``). Either way
+a question's hash decides its split, so train and eval never share one.
 
 Reward: math-verify equivalence of the last boxed answer with the gold one (weight 1) plus a small format term
 (the completion has a non-empty box). math-verify is imported on first use (it pulls in sympy).
@@ -82,13 +84,13 @@ class Math(DatasetEnv):
     default_size = DEFAULT_SIZE
     correct_by = "boxed_correct"
     rewards = (boxed_correct, boxed_format)
-    fields = "question and answer"
+    fields = {"question": "question", "answer": "answer"}
 
     def _draw(self, rng: random.Random) -> tuple[str, Task]:
         question, answer = rng.choice(GENERATORS)(rng)
         return question, _task(question, _answer_text(answer))
 
-    def _row(self, item: Any) -> tuple[str, Task]:
+    def _row(self, item: dict[str, Any]) -> tuple[str, Task]:
         question, answer = str(item["question"]), str(item["answer"])
         return question, _task(question, answer)
 

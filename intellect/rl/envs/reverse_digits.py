@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
-from intellect.rl.envs.base import Rubric, Task, Turn
-from intellect.rl.envs.common import GeneratedEnv
+from intellect.rl.envs.base import ArgProblem, Rubric, Task, Turn
+from intellect.rl.envs.common import Fraction01, GeneratedEnv, NonNegative, PositiveInt, Split
 
 SEPARATOR = ">"
 DEFAULT_SIZE = {"train": 5000, "eval": 500}
@@ -34,13 +35,13 @@ class ReverseDigits(GeneratedEnv):
 
     def __init__(
         self,
-        min_len: int = 3,
-        max_len: int = 5,
-        split: str = "train",
-        size: int | None = None,
+        min_len: PositiveInt = 3,
+        max_len: PositiveInt = 5,
+        split: Split = "train",
+        size: PositiveInt | None = None,
         seed: int = 0,
-        eval_fraction: float = 0.1,
-        partial_weight: float = 0.5,
+        eval_fraction: Fraction01 = 0.1,
+        partial_weight: NonNegative = 0.5,
     ) -> None:
         if not 1 <= min_len <= max_len:
             raise ValueError(f"reverse-digits: need 1 <= min_len <= max_len (got {min_len}, {max_len})")
@@ -51,6 +52,16 @@ class ReverseDigits(GeneratedEnv):
         )
         self.min_len, self.max_len = min_len, max_len
         self.rubric = Rubric([(exact_match, 1.0), (partial_match, partial_weight)])
+
+    @classmethod
+    def preflight(cls, args: dict[str, Any], role: str) -> list[str]:
+        if args["min_len"] > args["max_len"]:
+            raise ArgProblem("max_len", f"must be ≥ min_len {args['min_len']} (got {args['max_len']})")
+        if not 0 < args["eval_fraction"] < 1:
+            raise ArgProblem(
+                "eval_fraction", f"must lie strictly between 0 and 1 (got {args['eval_fraction']})"
+            )
+        return super().preflight(args, role)
 
     def _draw(self, rng: random.Random) -> tuple[str, Task]:
         length = rng.randint(self.min_len, self.max_len)

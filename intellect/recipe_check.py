@@ -1,0 +1,175 @@
+"""What can be known about a recipe before allocation, beyond its schema: every environment of ``environments`` and
+``evals.environments`` (name, arguments and their values, dataset files, splits), the model (a local folder
+holds a config and a tokenizer), and the rules that need an environment or a model to judge (prompts the tiny
+model's tokenizer cannot encode or that leave no room to generate).
+
+``check_recipe`` raises one RecipeError listing every problem, one line each (``file:line: field: what and the
+fix``), and returns warnings for what only the job can know (a Hugging Face id cannot be checked offline).
+``intellect launch`` and ``--dry-run`` call it before anything is written or submitted. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from intellect.errors import EnvError, RecipeError
+from intellect.recipe import EnvSpec, Recipe, line_of
+from intellect.rl.envs.data import is_local
+from intellect.rl.tokenizer import TINY_NAME, CharTokenizer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+SAMPLE_TASKS = 64  # tasks per environment checked against the tiny tokenizer
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One environment of a recipe, where it sits and what it is for."""
+
+    path: str  # environments[2] or evals.environments[0]
+    loc: list[int | str]
+    spec: EnvSpec
+    role: str  # train or eval
+
+
+def entries(recipe: Recipe) -> list[Entry]:
+    out = [
+        Entry(f"environments[{i}]", ["environments", i], spec, "train")
+        for i, spec in enumerate(recipe.environments)
+    ]
+    out += [
+        Entry(f"evals.environments[{i}]", ["evals", "environments", i], spec, "eval")
+        for i, spec in enumerate(recipe.evals.environments)
+    ]
+    return out
+
+
+def check_recipe(recipe: Recipe, source: str, root: yaml.Node | None) -> list[str]:
+    """Warnings; RecipeError naming every problem (one line each) when the job could not run."""
+    problems: list[str] = []
+    warnings: list[str] = []
+
+    def where(loc: list[int | str]) -> str:
+        line = line_of(root, loc)
+        return f"{source}:{line}" if line else source
+
+    for entry in entries(recipe):
+        try:
+            warnings += [f"{entry.path}: {w}" for w in _check_entry(entry)]
+        except EnvError as exc:
+            field = getattr(exc, "field", "name")
+            loc = [*entry.loc, *_split_path(field)]
+            problems.append(f"{where(loc)}: {entry.path}.{field}: {exc.message}")
+    try:
+        warnings += _check_model(recipe)
+    except _Problem as exc:
+        problems.append(f"{where(['model', *_split_path(exc.field)])}: model.{exc.field}: {exc}")
+    if not problems and recipe.model.name == TINY_NAME:
+        for entry in entries(recipe):
+            message = _tiny_fit(recipe, entry)
+            if message:
+                problems.append(f"{where(entry.loc)}: {entry.path}: {message}")
+    if problems:
+        raise RecipeError(problems[0], more=problems[1:])
+    offline = _hub_ids(recipe)
+    if offline:
+        warnings.append(
+            f"not checked offline, the job downloads them (Hugging Face ids): {offline}; "
+            "with HF_HUB_OFFLINE=1 they must be in the nodes' cache"
+        )
+    return warnings
+
+
+def _hub_ids(recipe: Recipe) -> str:
+    """The datasets (with their subsets) and the model that only the job can reach, in one phrase."""
+    subsets: dict[str, list[str]] = {}
+    for entry in entries(recipe):
+        dataset = entry.spec.args.get("dataset")
+        if isinstance(dataset, str) and not is_local(dataset):
+            got = subsets.setdefault(dataset, [])
+            subset = entry.spec.args.get("subset")
+            if subset and subset not in got:
+                got.append(str(subset))
+    parts = [f"dataset {d}" + (f" ({', '.join(s)})" if s else "") for d, s in subsets.items()]
+    if recipe.model.name != TINY_NAME and not is_local(recipe.model.name):
+        parts.append(f"model {recipe.model.name}")
+    return "; ".join(parts)
+
+
+class _Problem(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _split_path(field: str) -> list[int | str]:
+    """``args.tasks[0]`` -> ['args', 'tasks', 0]."""
+    out: list[int | str] = []
+    for part in field.replace("]", "").split("."):
+        name, _, index = part.partition("[")
+        out.append(name)
+        if index:
+            out.append(int(index))
+    return out
+
+
+def _check_entry(entry: Entry) -> list[str]:
+    from intellect.rl.envs import check_spec
+
+    return check_spec(entry.spec.name, dict(entry.spec.args), entry.role)
+
+
+def _check_model(recipe: Recipe) -> list[str]:
+    model = recipe.model
+    if model.name == TINY_NAME:
+        if model.tiny is None:
+            raise _Problem(
+                "tiny", f"missing; {TINY_NAME} is built from its shape (see recipes/debug-cpu.yaml)"
+            )
+        return []
+    if model.tiny is not None:
+        raise _Problem("tiny", f"only applies to model.name {TINY_NAME!r}; drop it")
+    if not is_local(model.name):
+        return []
+    folder = Path(model.name).expanduser()
+    if not folder.is_dir():
+        raise _Problem(
+            "name", f"{folder}: no such model folder; give a Hugging Face checkpoint folder or a hub id"
+        )
+    if not (folder / "config.json").is_file():
+        raise _Problem("name", f"{folder} holds no config.json; it is not a Hugging Face checkpoint folder")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise _Problem(
+            "name", f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); save one beside it"
+        )
+    return []
+
+
+def _tiny_fit(recipe: Recipe, entry: Entry) -> str | None:
+    """Why the tiny model's character tokenizer cannot run this environment's prompts, or None."""
+    dataset = entry.spec.args.get("dataset")
+    if dataset and not is_local(str(dataset)):
+        return None
+    from intellect.rl.envs import make_env
+
+    try:
+        tasks = list(make_env(entry.spec).tasks(entry.role))[:SAMPLE_TASKS]
+    except EnvError as exc:
+        return exc.message
+    chars = set(CharTokenizer.chars)
+    room = recipe.model.max_seq_len - 1  # bos
+    for task in tasks:
+        bad = sorted({c for c in task.prompt if c not in chars})
+        if bad:
+            return (
+                f"task {task.id} uses characters the {TINY_NAME} tokenizer lacks ({''.join(bad)!r}); "
+                "use a Hugging Face model"
+            )
+        if len(task.prompt) >= room:
+            return (
+                f"task {task.id} has a {len(task.prompt)}-token prompt but model.max_seq_len is "
+                f"{recipe.model.max_seq_len}; raise model.max_seq_len above {len(task.prompt) + 1}"
+            )
+    return None
