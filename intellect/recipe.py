@@ -368,12 +368,12 @@ def _model_at(loc: list[Any]) -> type[BaseModel]:
 def line_of(root: yaml.Node | None, loc: list[Any]) -> int | None:
     """The line of the YAML node at ``loc`` (keys and list indexes), or of its nearest parent that exists."""
     node = root
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
             nxt = next(((k, v) for k, v in node.value if k.value == part), None)
             if nxt is None:
                 return node.start_mark.line + 1
-            if part == loc[-1]:
+            if i == len(loc) - 1:
                 return nxt[0].start_mark.line + 1
             node = nxt[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):

@@ -59,9 +59,10 @@ def check_recipe(recipe: Recipe, source: str, root: yaml.Node | None) -> list[st
         try:
             warnings += [f"{entry.path}: {w}" for w in _check_entry(entry)]
         except EnvError as exc:
-            field = getattr(exc, "field", "name")
-            loc = [*entry.loc, *_split_path(field)]
-            problems.append(f"{where(loc)}: {entry.path}.{field}: {exc.message}")
+            found = [(getattr(exc, "field", "name"), exc.message), *getattr(exc, "others", [])]
+            for field, message in found:
+                loc = [*entry.loc, *_split_path(field)]
+                problems.append(f"{where(loc)}: {entry.path}.{field}: {message}")
     try:
         warnings += _check_model(recipe)
     except _Problem as exc:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from intellect.errors import IntellectError, SlurmError
+from intellect.rl.failure import read_causes
 from intellect.slurm import run as slurm
 from intellect.slurm.nodes import query_jobs
 from intellect.slurm.ops import state_dir
@@ -74,6 +75,7 @@ def list_jobs(user: str | None = None, all_jobs: bool = False) -> list[dict[str,
                 "nodelist": job.nodelist if job else [],
                 "elapsed": job.elapsed if job else None,
                 "roles": placement(entry["run_dir"]),
+                "causes": read_causes(entry["run_dir"]),
             }
         )
     return rows

@@ -22,10 +22,10 @@ def _modules_after(argv: list[str]) -> set[str]:
         f"    main({argv!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        f"sys.stderr.write(' '.join(m for m in {HEAVY!r} if m in sys.modules) + '\\n')\n"
+        f"sys.stderr.write('MODULES:' + ' '.join(m for m in {HEAVY!r} if m in sys.modules) + '\\n')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    return set(proc.stderr.rstrip("\n").split("\n")[-1].split())
+    return set(proc.stderr.rsplit("MODULES:", 1)[1].split())
 
 
 def test_help_and_dry_run_import_no_heavy_module() -> None:

@@ -88,10 +88,15 @@ def report(run_dir: str) -> None:
         _print_summary(summary)
     failed = {role: codes for role, codes in exits.items() if role != "run" and any(codes)}
     if failed or not exits or exits.get("run", [1]) != [0]:
+        from intellect.rl.failure import read_causes
+
         role = next(iter(failed), "run")
+        codes = failed.get(role, exits.get("run", []))
+        causes = read_causes(run_dir)
+        proc, cause = next(iter(causes.items()), (f"{role}-0", None))
+        because = f": {proc}: {cause}" if cause else ""
         raise RunError(
-            f"the run failed: {role} exited with {failed.get(role, exits.get('run', ['?']))}",
-            hint=f"less {run_dir}/logs/{role}-0.log",
+            f"the run failed: {role} exited with {codes}{because}", hint=f"less {run_dir}/logs/{proc}.log"
         )
 
 

@@ -22,6 +22,7 @@ def jobs_cmd(user: str | None, all_jobs: bool, as_json: bool) -> None:
     if as_json:
         emit_json({"jobs": rows})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     from intellect.cli.output import data_console
@@ -37,6 +38,7 @@ def jobs_cmd(user: str | None, all_jobs: bool, as_json: bool) -> None:
         "inference",
         "orchestrator",
         "run dir",
+        "cause",
     ):
         table.add_column(col)
     for r in rows:
@@ -50,7 +52,8 @@ def jobs_cmd(user: str | None, all_jobs: bool, as_json: bool) -> None:
             " ".join(roles.get("trainer", [])),
             " ".join(roles.get("inference", [])),
             " ".join(roles.get("orchestrator", [])),
-            r["run_dir"],
+            escape(r["run_dir"]),
+            escape("; ".join(f"{proc}: {why}" for proc, why in r["causes"].items())),
         )
     data_console().print(table)
 
@@ -62,9 +65,12 @@ def jobs_cmd(user: str | None, all_jobs: bool, as_json: bool) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 def logs_cmd(job_id: str, role: str, rank: int, follow: bool) -> None:
     """Print a role's log from the run directory of JOB_ID."""
+    from intellect.rl.failure import read_causes
     from intellect.runs import log_path
 
     path = log_path(job_id, role, rank)
+    for proc, why in read_causes(path.parent.parent).items():
+        click.echo(f"{proc} failed: {why}", err=True)  # plain: the cause is the run's text, not markup
     with path.open() as fh:
         sys.stdout.write(fh.read())
         while follow:

@@ -22,6 +22,7 @@ def nodes_cmd(states: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         emit_json({"nodes": [n.to_json() for n in nodes]})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{len(nodes)} nodes")
@@ -32,10 +33,10 @@ def nodes_cmd(states: tuple[str, ...], as_json: bool) -> None:
         table.add_row(
             n.name,
             f"[{style}]{n.state}[/]" if style else n.state,
-            n.reason or "",
-            n.reason_user or "",
-            n.reason_time or "",
-            n.gres or "",
+            escape(n.reason or ""),
+            escape(n.reason_user or ""),
+            escape(n.reason_time or ""),
+            escape(n.gres or ""),
             ",".join(n.jobs),
         )
     from intellect.cli.output import data_console

@@ -100,6 +100,8 @@ class Environment:
     name: str = "base"
     max_turns: int = 1
     stop: list[str] | None = None
+    # (module, pip extra) pairs the rubric imports on first use; checked at launch and when the role builds it
+    requires: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, **args: Any) -> None:
         self.args = args

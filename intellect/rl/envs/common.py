@@ -4,9 +4,12 @@ bases of generated and file-backed environments."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import logging
 import random
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from annotated_types import Ge, Interval
@@ -15,6 +18,7 @@ from intellect.rl.envs.base import ArgProblem, Environment, RewardFn, Rubric, Sc
 from intellect.rl.envs.data import DataError, Source, check_source, read_rows
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "eval")
 
@@ -191,28 +195,40 @@ class DatasetEnv(GeneratedEnv):
                 if args.get(arg):
                     raise ArgProblem(arg, "applies to a dataset; set args.dataset too, or drop it")
             return warnings
-        check_source(_source(args), cls.fields)
+        source = _source(args)
+        check_source(source, cls.fields)
+        needs = "datasets" if not source.is_local or Path(source.dataset).is_dir() else None
+        needs = "pyarrow" if source.dataset.endswith(".parquet") else needs
+        if needs and importlib.util.find_spec(needs) is None:
+            raise ArgProblem(
+                "dataset", f"reading it needs the Python module {needs}: pip install 'intellect[data]'"
+            )
         return warnings
 
     def _build(self, split: str) -> list[Task]:
         if self.source is None:
             return super()._build(split)
         found: dict[str, Task] = {}
-        for row in read_rows(self.source, self.fields):
+        skipped, first_skip = 0, ""
+        for n, row in enumerate(read_rows(self.source, self.fields), 1):
             try:
                 key, task = self._row(row)
             except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(
-                    f"dataset {self.source.describe()}: a row does not fit {self.name}: {type(exc).__name__}: "
-                    f"{exc}"
-                ) from exc
+                skipped += 1
+                first_skip = first_skip or f"row {n}: {type(exc).__name__}: {exc}"
+                continue
             if task is not None and split_of(key, self.name, self.eval_fraction) == split:
                 found.setdefault(key, task)
+        where = f"dataset {self.source.describe()}"
+        if skipped:
+            log.warning(
+                "%s: skipped %d rows that do not fit %s (first: %s)", where, skipped, self.name, first_skip
+            )
         tasks = list(found.values())
         if not tasks:
+            why = f"; {skipped} rows do not fit it, first {first_skip}" if skipped else ""
             raise DataError(
-                f"dataset {self.source.describe()}: no {split} rows for {self.name} (after the solve-rate "
-                "filter and eval_fraction)"
+                f"{where}: no {split} rows for {self.name} (after the solve-rate filter and eval_fraction){why}"
             )
         return tasks[: self.size] if self.size else tasks
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from intellect.errors import EnvError
 from intellect.rl.envs.base import ArgProblem
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class DataError(EnvError):
@@ -55,11 +53,12 @@ class Source:
         return " ".join(parts) + (f" split {self.split}" if not self.is_local else "")
 
 
-def is_local(dataset: str) -> bool:
-    """A path on this machine (a file with a known suffix, or an existing folder) rather than a hub id."""
-    if dataset.startswith(("/", "./", "../", "~")) or dataset.endswith(FILE_SUFFIXES):
+def is_local(name: str) -> bool:
+    """A path on this machine (absolute or relative, a file with a known suffix, or something that exists)
+    rather than a Hugging Face id (``org/name``, or a legacy id such as ``gpt2``)."""
+    if name.startswith(("/", "./", "../", "~")) or name.endswith(FILE_SUFFIXES):
         return True
-    return Path(dataset).exists() or not HUB_ID.match(dataset)
+    return Path(name).exists()
 
 
 def check_source(src: Source, needed: Mapping[str, str]) -> None:
@@ -180,7 +179,7 @@ def _parquet_rows(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
                 seen += 1
                 if limit is not None and seen >= limit:
                     return
-    except OSError as exc:  # pyarrow raises ArrowInvalid (an OSError/ValueError) on a corrupt file
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid (a ValueError) on a corrupt or cut file
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 

@@ -96,6 +96,7 @@ def answered(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> fl
 class Logic(DatasetEnv):
     name = "logic"
     default_size = DEFAULT_SIZE
+    requires = (("reasoning_gym", "logic"),)
     correct_by = "logic_correct"
     rewards = (logic_correct, answered)
     fields = {"question": "question", "info": "info"}

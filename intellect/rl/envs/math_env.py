@@ -82,6 +82,7 @@ def boxed_format(task: Task, completion: str, transcript: Sequence[Turn] = ()) -
 class Math(DatasetEnv):
     name = "math"
     default_size = DEFAULT_SIZE
+    requires = (("math_verify", "rl"),)
     correct_by = "boxed_correct"
     rewards = (boxed_correct, boxed_format)
     fields = {"question": "question", "answer": "answer"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import inspect
 import typing
 from collections.abc import Callable
@@ -37,9 +38,12 @@ class SpecProblem(EnvError):
     """A recipe's environment entry is wrong: ``field`` is its path within the entry (``name``,
     ``args.dataset``)."""
 
-    def __init__(self, field: str, message: str, hint: str | None = None) -> None:
+    def __init__(
+        self, field: str, message: str, hint: str | None = None, others: list[tuple[str, str]] | None = None
+    ) -> None:
         super().__init__(message, hint)
         self.field = field
+        self.others = others or []  # further (field, message) problems of the same entry
 
 
 def register(name: str, factory: Factory, *, replace: bool = False) -> None:
@@ -109,7 +113,7 @@ def args_model(factory: Factory) -> tuple[type[BaseModel], bool]:
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[name] = (hints.get(name, Any), default)
-    config = ConfigDict(extra="allow" if open_ended else "forbid", arbitrary_types_allowed=True)
+    config = ConfigDict(extra="allow" if open_ended else "forbid", strict=True, arbitrary_types_allowed=True)
     model = create_model(f"{getattr(factory, '__name__', 'env')}Args", __config__=config, **fields)
     return model, open_ended
 
@@ -120,9 +124,15 @@ def validate_args(factory: Factory, args: dict[str, Any]) -> dict[str, Any]:
     try:
         return model.model_validate(args).model_dump()
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise SpecProblem(f"args.{loc}" if loc else "args", _arg_message(model, err)) from exc
+        found = [(_arg_path(err["loc"]), _arg_message(model, err)) for err in exc.errors()]
+        raise SpecProblem(found[0][0], found[0][1], others=found[1:]) from exc
+
+
+def _arg_path(loc: tuple[int | str, ...]) -> str:
+    out = "args"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
 
 
 def _arg_message(model: type[BaseModel], err: Any) -> str:
@@ -145,9 +155,31 @@ def _arg_message(model: type[BaseModel], err: Any) -> str:
     return f"{err['msg'].lower()} (got {err['input']!r})"
 
 
+def check_requires(name: str, factory: Factory, load: bool = False) -> None:
+    """SpecProblem('name') when a library the environment's rubric imports is not installed here; with
+    ``load`` (in a role, which needs it anyway) also when it is installed but fails to import."""
+    for module, extra in getattr(factory, "requires", ()):
+        if importlib.util.find_spec(module) is None:
+            raise SpecProblem(
+                "name",
+                f"environment {name!r} needs the Python module {module}: pip install 'intellect[{extra}]'",
+            )
+        if load:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001 - a broken install of any kind is one line
+                raise SpecProblem(
+                    "name",
+                    f"environment {name!r}: its reward library {module} cannot be imported: "
+                    f"{type(exc).__name__}: {exc}",
+                    hint=f"pip install --force-reinstall 'intellect[{extra}]'",
+                ) from exc
+
+
 def check_spec(name: str, args: dict[str, Any], role: str) -> list[str]:
     """Everything about one recipe entry that can be known before submission; warnings for the rest."""
     factory = factory_for(name)
+    check_requires(name, factory)
     valid = validate_args(factory, args)
     preflight = getattr(factory, "preflight", None)
     if preflight is None:
@@ -161,6 +193,7 @@ def check_spec(name: str, args: dict[str, Any], role: str) -> list[str]:
 def build(name: str, args: dict[str, Any]) -> Environment:
     """The environment ``name`` built with ``args``; EnvError (one line) on any failure."""
     factory = factory_for(name)
+    check_requires(name, factory, load=True)
     valid = validate_args(factory, args)
     try:
         return factory(**{k: valid[k] for k in args})

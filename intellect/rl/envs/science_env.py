@@ -99,6 +99,7 @@ def science_correct(task: Task, completion: str, transcript: Sequence[Turn] = ()
 class Science(DatasetEnv):
     name = "science"
     default_size = DEFAULT_SIZE
+    requires = (("math_verify", "rl"),)
     correct_by = "science_correct"
     rewards = (science_correct, boxed_format)
     fields = {"question": "question", "answer": "answer"}

@@ -21,11 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     from intellect.rl.placement import announce
 
     announce("inference")
+    from intellect.rl.failure import fail
+
     try:
         recipe = load_recipe(args.config)
     except IntellectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return fail("inference", exc)
     port = args.port if args.port is not None else default_port(recipe)
     if recipe.roles.inference.backend == "vllm":
         from intellect.rl.inference.vllm import launch

@@ -1,7 +1,8 @@
 """``python -m intellect.rl.orchestrator --config RUN_DIR/recipe.resolved.yaml`` (INFERENCE_URLS must be set).
 
 Exit codes: 0 done (summary.json written), 1 an expected failure (bad recipe, servers unreachable, a task
-crashed), 2 misuse, 130 interrupted.
+crashed), 2 misuse, 4 an environment or its data failed (``intellect.rl.failure``), 130 interrupted. A failure is
+one line on stderr and in ``RUN_DIR/status/orchestrator-0.cause``.
 """
 
 from __future__ import annotations
@@ -51,12 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         ready = functools.partial(freeze_heap, "orchestrator")
         summary = asyncio.run(Orchestrator(recipe, urls, metrics_addr=addr, on_ready=ready).run())
     except IntellectError as exc:
-        print(f"orchestrator: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
         if os.environ.get("INTELLECT_DEBUG") == "1":
             raise
-        return exc.exit_code
+        from intellect.rl.failure import fail
+
+        return fail("orchestrator", exc, rank=0)
     except KeyboardInterrupt:
         return 130
     print(json.dumps(summary), flush=True)

@@ -164,28 +164,29 @@ class Orchestrator:
         from intellect.rl.orchestrator.tokens import load_tokenizer
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # environments and their data first: a dataset that cannot load fails the run before any waiting
+        factory = self._env_factory or make_env
+        self.envs: dict[str, Environment] = {}
+        train = []
+        for i, spec in enumerate(self.recipe.environments):
+            name = spec.name if spec.name not in self.envs else f"{spec.name}#{i}"
+            self.envs[name] = env = await asyncio.to_thread(factory, spec)
+            train.append((name, await asyncio.to_thread(env.tasks, "train"), spec.weight))
+        held_out = []
+        for spec in self.recipe.evals.environments:
+            env = await asyncio.to_thread(factory, spec)
+            held_out.append((spec.name, env, await asyncio.to_thread(env.tasks, "eval")))
+        self.eval_set = eval_items(held_out, self.recipe.evals.samples)
         self.client = InferenceClient(self.urls, transport=self.transport, **self.client_options)
         await self.client.wait_healthy(self.health_timeout_s)
         tok = self._tokenizer
         if tok is None:
             tok = await asyncio.to_thread(load_tokenizer, self.recipe.model)
-        factory = self._env_factory or make_env
         m = self.recipe.model
         self.roller = Roller(
             self.client, tok, Sampling(m.max_new_tokens, m.max_seq_len, self.alg.temperature)
         )
         self.eval_roller = Roller(self.client, tok, Sampling(m.max_new_tokens, m.max_seq_len, 0.0))
-        self.envs: dict[str, Environment] = {}
-        train = []
-        for i, spec in enumerate(self.recipe.environments):
-            name = spec.name if spec.name not in self.envs else f"{spec.name}#{i}"
-            self.envs[name] = env = factory(spec)
-            train.append((name, await asyncio.to_thread(env.tasks, "train"), spec.weight))
-        held_out = []
-        for spec in self.recipe.evals.environments:
-            env = factory(spec)
-            held_out.append((spec.name, env, await asyncio.to_thread(env.tasks, "eval")))
-        self.eval_set = eval_items(held_out, self.recipe.evals.samples)
         first = await asyncio.to_thread(writer.last_complete_rollouts, self.run_dir) + 1
         self.first_batch = first
         self.prefix = f"b{first}"  # sample ids of this session: never those of a complete batch before

@@ -2,7 +2,9 @@
 
 Under torchrun or srun with more than one process (WORLD_SIZE or SLURM_NTASKS > 1) every process runs this; the
 ranks shard the model with FSDP2 and rank 0 writes weights, checkpoints and metrics.jsonl. Rank r serves
-Prometheus /metrics on ``roles.trainer.metrics_port + r``. Exit status: 0 done, 1 failed, 2 misuse.
+Prometheus /metrics on ``roles.trainer.metrics_port + r``. Exit status: 0 done, 1 failed, 2 misuse, 4 an
+environment or its data failed; a failure is one line on stderr and in ``RUN_DIR/status/trainer-<rank>.cause``
+(``intellect.rl.failure``).
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from intellect.errors import IntellectError
     from intellect.recipe import load_recipe
+    from intellect.rl.failure import fail
 
     try:
         recipe = load_recipe(args.config)
     except IntellectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail("trainer", exc)
     from intellect.rl.trainer.distributed import (
         dist_info,
         init_distributed,
@@ -78,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         freeze_heap("trainer")
         trainer.run()
         clean = True
+    except IntellectError as exc:
+        return fail("trainer", exc, recipe.run_dir, info.rank)
     except (TimeoutError, ValueError, FileNotFoundError) as exc:
-        logging.getLogger("intellect.rl.trainer").error("trainer failed: %s", exc)
-        return 1
+        return fail("trainer", IntellectError(f"{type(exc).__name__}: {exc}"), recipe.run_dir, info.rank)
     finally:
         metrics.close()
         shutdown_distributed(clean)
