@@ -3,13 +3,18 @@
 A tiny plugin (``copy-digits``: prompt ``"123>"``, answer ``"123"``) is installed into a temporary site dir
 (a package and its ``.dist-info``, no pip, no network) that reaches every subprocess through PYTHONPATH. The
 dry run finds it, checks its typed arguments like a built-in's, and refuses it once the site dir is gone;
-a short local launch runs it in every role (inference server, orchestrator, trainer).
+a short local launch runs it where environments are built: the orchestrator (rollouts, evals) and the
+trainer (warm-up on the references); the inference server only serves completions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import RECIPES, run_cli
+from tests.conftest import RECIPES, ROOT, run_cli
+
+LAUNCH_TIMEOUT_S = 420
 
 PLUGIN = """
 from __future__ import annotations
@@ -36,6 +43,11 @@ def exact_match(task: Task, completion: str, transcript: Sequence[Turn] = ()) ->
     return 1.0 if completion.strip() == task.answer else 0.0
 
 
+def partial_match(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
+    pred = completion.strip()
+    return sum(a == b for a, b in zip(pred, task.answer)) / max(len(pred), len(task.answer))
+
+
 class CopyDigits(GeneratedEnv):
     name = "copy-digits"
     default_size = {"train": 2000, "eval": 200}
@@ -51,7 +63,9 @@ class CopyDigits(GeneratedEnv):
     ) -> None:
         super().__init__(length=length, split=split, size=size, seed=seed, eval_fraction=eval_fraction)
         self.length = length
-        self.rubric = Rubric([(exact_match, 1.0)])
+        # partial credit: an all-zero group teaches nothing and is dropped, so a barely warmed-up model
+        # on exact match alone would never fill a batch
+        self.rubric = Rubric([(exact_match, 1.0), (partial_match, 0.5)])
 
     def _draw(self, rng: random.Random) -> tuple[str, Task]:
         digits = "".join(rng.choice("0123456789") for _ in range(self.length))
@@ -136,13 +150,31 @@ def test_plugin_runs_in_every_role(tmp_path: Path, site: Path) -> None:
     data["checkpoints"]["every"] = 1000
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
     run_dir = tmp_path / "run"
-    proc = run_cli(
-        "launch", str(recipe), "--executor", "local", "--run-dir", str(run_dir),
-        env=_env(tmp_path, site), timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # not run_cli: its timeout kills only the CLI and would leave the roles running. The launch gets a
+    # process group of its own (the roles stay in it) and the whole group is stopped afterwards.
+    env = {k: v for k, v in os.environ.items() if k != "INTELLECT_DEBUG"} | _env(tmp_path, site)
+    cmd = [sys.executable, "-m", "intellect.cli.main", "launch", str(recipe), "--executor", "local"]
+    launch = subprocess.Popen(
+        [*cmd, "--run-dir", str(run_dir)],
+        cwd=ROOT,
+        env=env | {"NO_COLOR": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = launch.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGTERM)
+        _, stderr = launch.communicate(timeout=60)
+        pytest.fail(f"the local launch took over {LAUNCH_TIMEOUT_S} s:\n{stderr[-3000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launch.pid, signal.SIGTERM)
+    assert launch.returncode == 0, stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {"eval_before", "eval_after"} <= summary.keys(), summary
-    assert "trainer: exit 0" in proc.stderr and "orchestrator: exit 0" in proc.stderr, proc.stderr[-3000:]
+    assert "trainer: exit 0" in stderr and "orchestrator: exit 0" in stderr, stderr[-3000:]
     first = json.loads((run_dir / "rollouts" / "step_1" / "rollouts.jsonl").read_text().splitlines()[0])
     assert first["env"] == "copy-digits" and first["task_id"].startswith("cd-"), first

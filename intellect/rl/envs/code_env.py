@@ -29,7 +29,7 @@ from annotated_types import Gt
 
 from intellect.rl.envs.base import Task, Turn
 from intellect.rl.envs.code_problems import GENERATORS
-from intellect.rl.envs.common import DatasetEnv, Fraction01, NonNegative, PositiveInt, Split, key_hash
+from intellect.rl.envs.common import DatasetEnv, PositiveInt, key_hash
 
 DEFAULT_SIZE = {"train": 300, "eval": 60}
 TIMEOUT_S = 5.0
@@ -195,27 +195,14 @@ class Code(DatasetEnv):
 
     def __init__(
         self,
-        dataset: str | None = None,
-        subset: str | None = None,
-        dataset_split: str = "train",
-        columns: dict[str, str] | None = None,
-        solve_rate_column: str | None = None,
-        min_solve_rate: Fraction01 = 0.0,
-        max_solve_rate: Fraction01 = 1.0,
-        split: Split = "train",
-        size: PositiveInt | None = None,
-        seed: int = 0,
-        eval_fraction: Fraction01 = 0.15,
-        format_weight: NonNegative = 0.1,
         max_tests: PositiveInt = 15,
         timeout_s: Annotated[float, Gt(0)] = TIMEOUT_S,
         instruction: str = "Solve the programming task below in a Python markdown code block.",
+        **data: Any,
     ) -> None:
+        """``data``: the dataset arguments of DatasetEnv (checked from its signature)."""
         self.max_tests, self.timeout_s, self.instruction = max_tests, timeout_s, instruction
-        super().__init__(
-            dataset, subset, dataset_split, columns, solve_rate_column, min_solve_rate, max_solve_rate,
-            split, size, seed, eval_fraction, format_weight,
-        )  # fmt: skip
+        super().__init__(**data)
 
     def _draw(self, rng: random.Random) -> tuple[str, Task]:
         prompt, tests, function, solution = rng.choice(GENERATORS)(rng)

@@ -28,8 +28,6 @@ from intellect.rl.envs.common import (
     DatasetEnv,
     Fraction01,
     NonNegative,
-    PositiveInt,
-    Split,
     check_split,
     key_hash,
     split_of,
@@ -105,25 +103,14 @@ class Logic(DatasetEnv):
         self,
         tasks: list[str] | None = None,
         task_config: dict[str, dict[str, Any]] | None = None,
-        dataset: str | None = None,
-        subset: str | None = None,
-        dataset_split: str = "train",
-        columns: dict[str, str] | None = None,
-        solve_rate_column: str | None = None,
-        min_solve_rate: Fraction01 = 0.0,
-        max_solve_rate: Fraction01 = 1.0,
-        split: Split = "train",
-        size: PositiveInt | None = None,
-        seed: int = 0,
         eval_fraction: Fraction01 = 0.1,
         format_weight: NonNegative = 0.0,
+        **data: Any,
     ) -> None:
+        """``data``: the dataset arguments of DatasetEnv (checked from its signature)."""
         self.task_names = list(tasks or DEFAULT_TASKS)
         self.task_config = dict(task_config or {})
-        super().__init__(
-            dataset, subset, dataset_split, columns, solve_rate_column, min_solve_rate, max_solve_rate,
-            split, size, seed, eval_fraction, format_weight,
-        )  # fmt: skip
+        super().__init__(eval_fraction=eval_fraction, format_weight=format_weight, **data)
         self.rubric = Rubric([(logic_correct, 1.0), (answered, format_weight)])
 
     @classmethod

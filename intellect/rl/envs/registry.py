@@ -97,25 +97,44 @@ def factory_for(name: str) -> Factory:
 
 @functools.cache
 def args_model(factory: Factory) -> tuple[type[BaseModel], bool]:
-    """A strict model of ``factory``'s keyword arguments, and whether it also takes ``**kwargs``."""
-    target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    """A strict model of ``factory``'s keyword arguments, and whether it also takes ``**kwargs``.
+
+    A class whose constructor ends in ``**kwargs`` and passes them up (``def __init__(self, extra=1, **data)``)
+    takes its bases' parameters too: they are collected up the MRO until a constructor without ``**kwargs``."""
+    fields: dict[str, Any] = {}
+    open_ended = True
+    for target in _constructors(factory):
+        params, hints = _params(target)
+        open_ended = False
+        for name, param in params:
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                open_ended = True
+            elif param.kind is not inspect.Parameter.VAR_POSITIONAL and name not in fields:
+                default = ... if param.default is inspect.Parameter.empty else param.default
+                fields[name] = (hints.get(name, Any), default)
+        if not open_ended:
+            break
+    config = ConfigDict(extra="allow" if open_ended else "forbid", strict=True, arbitrary_types_allowed=True)
+    model = create_model(f"{getattr(factory, '__name__', 'env')}Args", __config__=config, **fields)
+    return model, open_ended
+
+
+def _constructors(factory: Factory) -> list[Callable[..., Any]]:
+    """The function itself, or the ``__init__`` each class of the MRO defines (below Environment's)."""
+    if not inspect.isclass(factory):
+        return [factory]
+    return [
+        c.__dict__["__init__"] for c in factory.__mro__ if "__init__" in c.__dict__ and c is not Environment
+    ]
+
+
+def _params(target: Callable[..., Any]) -> tuple[list[tuple[str, inspect.Parameter]], dict[str, Any]]:
     try:
         hints = typing.get_type_hints(target, include_extras=True)
     except Exception:  # noqa: BLE001 - an unresolvable annotation means: accept any value
         hints = {}
-    fields: dict[str, Any] = {}
-    open_ended = False
-    for name, param in inspect.signature(factory).parameters.items():
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            open_ended = True
-            continue
-        if param.kind is inspect.Parameter.VAR_POSITIONAL:
-            continue
-        default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[name] = (hints.get(name, Any), default)
-    config = ConfigDict(extra="allow" if open_ended else "forbid", strict=True, arbitrary_types_allowed=True)
-    model = create_model(f"{getattr(factory, '__name__', 'env')}Args", __config__=config, **fields)
-    return model, open_ended
+    params = [(n, p) for n, p in inspect.signature(target).parameters.items() if n != "self"]
+    return params, hints
 
 
 def validate_args(factory: Factory, args: dict[str, Any]) -> dict[str, Any]:
