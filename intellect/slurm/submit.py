@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,8 +24,23 @@ Executor = Literal["auto", "slurm", "local"]
 
 
 def run_batch_script(script: str, env: dict[str, str]) -> int:
-    """The function submitit runs in the job: the rendered script, its output into the job log."""
-    proc = subprocess.run(["bash", script], env={**os.environ, **env}, check=False)
+    """The function submitit runs in the job: the rendered script, its output into the job log.
+
+    On the local executor the script runs in a session of its own, and an interrupt (Ctrl-C on ``launch``,
+    which submitit forwards as SIGINT and follows with SIGKILL about a second later) sends SIGTERM to that whole
+    group at once: the script's trap stops every role and waits for them, even after this process is gone.
+    Under Slurm, Slurm owns the processes (scancel, requeue) and the script stays in the job's session."""
+    local = "SLURM_JOB_ID" not in os.environ
+    proc = subprocess.Popen(["bash", script], env={**os.environ, **env}, start_new_session=local)
+    try:
+        proc.wait()
+    except BaseException:
+        if local:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(BaseException):
+            proc.wait(timeout=0.8)
+        raise
     if proc.returncode != 0:
         raise RuntimeError(f"batch script {script} exited with {proc.returncode}")
     return proc.returncode

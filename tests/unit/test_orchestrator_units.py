@@ -203,6 +203,21 @@ def test_keep_drops_stale_and_zero_advantage_groups(tmp_path: Path) -> None:
     assert orch.counts.failed_groups == 1 and orch.counts.dropped_stale == 1
 
 
+def test_a_run_of_groups_without_signal_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    orch = _orchestrator(tmp_path, max_async_level=1, max_off_policy_steps=2)  # 2 prompts per step
+    draw = Draw("coin-flip", 1, _tasks(4)[1], "normal")
+    flat = [_result(0.0, first=4), _result(0.0, first=4)]
+    for i in range(8):
+        orch.keep(Finished(f"f{i}", 5, draw, flat), finalize_group(f"f{i}", "e", "t", flat))
+    warned = [r for r in caplog.records if "in a row had equal rewards" in r.getMessage()]
+    assert [r.getMessage().split()[0] for r in warned] == ["8"]
+    fresh = [_result(1.0, first=4), _result(0.0, first=4)]
+    assert orch.keep(Finished("k", 5, draw, fresh), finalize_group("k", "e", "t", fresh)) is not None
+    assert orch.degenerate_streak == 0
+
+
 # ------------------------------------------------------------------------------------------------ writer
 
 

@@ -122,6 +122,7 @@ class Orchestrator:
         self.metrics_addr, self.poll_s = metrics_addr, poll_s
         self.client_options, self.health_timeout_s = client_options or {}, health_timeout_s
         self.counts, self.last_counts = Counts(), Counts()
+        self.degenerate_streak = 0  # groups dropped in a row for equal rewards (no signal): warned about
         self.pushed = -1
         self.closing = threading.Event()  # stops the worker threads that poll the run directory
         self.pending_eval: float | None = None
@@ -322,7 +323,17 @@ class Orchestrator:
             return None
         if outcome.degenerate:
             self.counts.dropped_zero_adv += 1
+            self.degenerate_streak += 1
+            if self.degenerate_streak % (4 * self.alg.prompts_per_step) == 0:
+                log.warning(
+                    "%d groups in a row had equal rewards in every rollout and were dropped (no learning signal); "
+                    "batch %d waits: the task may be too hard or too easy for the model (a longer warm-up, a "
+                    "partial-credit reward, or the difficulty filter)",
+                    self.degenerate_streak,
+                    item.target,
+                )
             return None
+        self.degenerate_streak = 0
         return Kept(outcome, [r.reward for r in item.results if not r.failed])
 
     # ------------------------------------------------------------------------------------------ hand-over
