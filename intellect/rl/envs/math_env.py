@@ -17,7 +17,7 @@ import random
 import threading
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 from intellect.rl.envs.base import Task, Turn
 from intellect.rl.envs.common import DatasetEnv, key_hash
@@ -79,30 +79,41 @@ def boxed_format(task: Task, completion: str, transcript: Sequence[Turn] = ()) -
     return 1.0 if pred is not None and pred.strip() else 0.0
 
 
-class Math(DatasetEnv):
-    name = "math"
-    default_size = DEFAULT_SIZE
-    requires = (("math_verify", "rl"),)
-    correct_by = "boxed_correct"
-    rewards = (boxed_correct, boxed_format)
-    fields = {"question": "question", "answer": "answer"}
+class BoxedAnswerEnv(DatasetEnv):
+    """Questions answered in ``\\boxed{}`` (math, science): dataset rows of ``question`` and ``answer``, the
+    reference completion is the boxed gold answer. Subclasses set ``id_prefix``, the rewards and ``_draw``."""
 
-    def _draw(self, rng: random.Random) -> tuple[str, Task]:
-        question, answer = rng.choice(GENERATORS)(rng)
-        return question, _task(question, _answer_text(answer))
+    fields = {"question": "question", "answer": "answer"}
+    requires = (("math_verify", "rl"),)
+    id_prefix: ClassVar[str]
 
     def _row(self, item: dict[str, Any]) -> tuple[str, Task]:
         question, answer = str(item["question"]), str(item["answer"])
-        return question, _task(question, answer)
+        return question, self._task(question, answer)
 
     def reference(self, task: Task) -> str:
         return f"\\boxed{{{task.answer}}}"
 
+    def _task(self, question: str, answer: str, prompt: str | None = None) -> Task:
+        """``prompt`` (default: the question) asks for a box; the question alone is the task's key."""
+        return Task(
+            id=f"{self.id_prefix}-{key_hash(prompt or question)}",
+            prompt=(prompt or question) + SUFFIX,
+            answer=answer,
+            info={"question": question},
+        )
 
-def _task(question: str, answer: str) -> Task:
-    return Task(
-        id=f"math-{key_hash(question)}", prompt=question + SUFFIX, answer=answer, info={"question": question}
-    )
+
+class Math(BoxedAnswerEnv):
+    name = "math"
+    default_size = DEFAULT_SIZE
+    correct_by = "boxed_correct"
+    rewards = (boxed_correct, boxed_format)
+    id_prefix = "math"
+
+    def _draw(self, rng: random.Random) -> tuple[str, Task]:
+        question, answer = rng.choice(GENERATORS)(rng)
+        return question, self._task(question, _answer_text(answer))
 
 
 def _answer_text(value: Fraction | int) -> str:

@@ -14,14 +14,11 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Any
 
 from intellect.rl.envs.base import Task, Turn
-from intellect.rl.envs.common import DatasetEnv, key_hash
-from intellect.rl.envs.math_env import boxed_format, equivalent, last_boxed
+from intellect.rl.envs.math_env import BoxedAnswerEnv, boxed_format, equivalent, last_boxed
 
 DEFAULT_SIZE = {"train": 500, "eval": 100}
-SUFFIX = "\nPut the final answer in \\boxed{}."
 LETTERS = "ABCDEFGHIJ"
 _LETTER_PATTERNS = (
     r"\\boxed\{\s*\(?([A-J])\)?\s*\}",
@@ -96,33 +93,19 @@ def science_correct(task: Task, completion: str, transcript: Sequence[Turn] = ()
     return 0.0
 
 
-class Science(DatasetEnv):
+class Science(BoxedAnswerEnv):
     name = "science"
     default_size = DEFAULT_SIZE
-    requires = (("math_verify", "rl"),)
     correct_by = "science_correct"
     rewards = (science_correct, boxed_format)
-    fields = {"question": "question", "answer": "answer"}
+    id_prefix = "sci"
 
     def _draw(self, rng: random.Random) -> tuple[str, Task]:
         question, value, unit = rng.choice(GENERATORS)(rng)
         if rng.random() < 0.5:
-            return question, _task(question, _number(value))
+            return question, self._task(question, _number(value))
         wrong = {value + d for d in (-2, -1, 1, 2, 3) if value + d > 0}
         choices = [value, *rng.sample(sorted(wrong), 3)]
         rng.shuffle(choices)
         listed = "\n".join(f"({LETTERS[i]}) {_number(c)} {unit}" for i, c in enumerate(choices))
-        return question, _task(f"{question}\n{listed}", LETTERS[choices.index(value)])
-
-    def _row(self, item: dict[str, Any]) -> tuple[str, Task]:
-        question, answer = str(item["question"]), str(item["answer"])
-        return question, _task(question, answer)
-
-    def reference(self, task: Task) -> str:
-        return f"\\boxed{{{task.answer}}}"
-
-
-def _task(question: str, answer: str) -> Task:
-    return Task(
-        id=f"sci-{key_hash(question)}", prompt=question + SUFFIX, answer=answer, info={"question": question}
-    )
+        return question, self._task(question, LETTERS[choices.index(value)], f"{question}\n{listed}")
