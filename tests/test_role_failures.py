@@ -53,8 +53,8 @@ def _launch_fails(tmp_path: Path, recipe: Path, env: dict[str, str]) -> tuple[st
     jobs = run_cli("jobs", "--all", "--json", env=env)
     (row,) = json.loads(jobs.stdout)["jobs"]
     assert row["state"] == "FAILED(4)" and row["causes"] == {"orchestrator-0": cause}
-    table = run_cli("jobs", "--all", env={**env, "COLUMNS": "400"})
-    assert "orchestrator-0: dataset" in table.stdout or "orchestrator-0: environment" in table.stdout
+    table = run_cli("jobs", "--all", env=env)
+    assert f"job {row['job_id']}: orchestrator-0 failed: {cause}\n" in table.stdout
     logs = run_cli("logs", str(row["job_id"]), env=env)
     assert logs.returncode == 0 and f"orchestrator-0 failed: {cause}" in logs.stderr
     return cause, row

@@ -38,7 +38,6 @@ def jobs_cmd(user: str | None, all_jobs: bool, as_json: bool) -> None:
         "inference",
         "orchestrator",
         "run dir",
-        "cause",
     ):
         table.add_column(col)
     for r in rows:
@@ -53,9 +52,12 @@ def jobs_cmd(user: str | None, all_jobs: bool, as_json: bool) -> None:
             " ".join(roles.get("inference", [])),
             " ".join(roles.get("orchestrator", [])),
             escape(r["run_dir"]),
-            escape("; ".join(f"{proc}: {why}" for proc, why in r["causes"].items())),
         )
-    data_console().print(table)
+    con = data_console()
+    con.print(table)
+    for r in rows:  # whole lines under the table: a cause is a sentence, too long for a column
+        for proc, why in r["causes"].items():
+            con.print(escape(f"job {r['job_id']}: {proc} failed: {why}"), soft_wrap=True)
 
 
 @click.command("logs")
