@@ -12,6 +12,8 @@ the other task families' verifiers are not part of reasoning-gym. ``write_datase
 that schema, for offline runs and tests.
 
 The answer is the last ``<answer>...</answer>``, else the last ``\\boxed{}``, else the completion's last line.
+Reward: reasoning-gym's score (partial credit for some tasks; weight 1), plus ``solved_weight`` for a full score
+and ``format_weight`` for giving an answer at all.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ def logic_correct(task: Task, completion: str, transcript: Sequence[Turn] = ()) 
     return 1.0 if _fold(answer) == _fold(entry.get("answer", "")) and answer else 0.0
 
 
+def logic_solved(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
+    """1 only for a full score: a bonus on top of reasoning-gym's partial credit (``solved_weight``)."""
+    return 1.0 if logic_correct(task, completion, transcript) == 1.0 else 0.0
+
+
 def answered(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
     return 1.0 if extract_answer(completion) else 0.0
 
@@ -105,13 +112,14 @@ class Logic(DatasetEnv):
         task_config: dict[str, dict[str, Any]] | None = None,
         eval_fraction: Fraction01 = 0.1,
         format_weight: NonNegative = 0.0,
+        solved_weight: NonNegative = 0.0,
         **data: Any,
     ) -> None:
         """``data``: the dataset arguments of DatasetEnv (checked from its signature)."""
         self.task_names = list(tasks or DEFAULT_TASKS)
         self.task_config = dict(task_config or {})
         super().__init__(eval_fraction=eval_fraction, format_weight=format_weight, **data)
-        self.rubric = Rubric([(logic_correct, 1.0), (answered, format_weight)])
+        self.rubric = Rubric([(logic_correct, 1.0), (logic_solved, solved_weight), (answered, format_weight)])
 
     @classmethod
     def preflight(cls, args: dict[str, Any], role: str) -> list[str]:
