@@ -45,10 +45,11 @@ def prepare(
 ) -> Prepared:
     """Validate (the schema, then environments, data and model: ``recipe_check``) and render; reads files but
     writes nothing. Used by --dry-run and by launch."""
-    from intellect.recipe_check import check_recipe
+    from intellect.recipe_check import absolute_paths, check_recipe
 
     recipe, root = load_recipe_doc(recipe_path)
     warnings = check_recipe(recipe, str(recipe_path), root)
+    recipe = absolute_paths(recipe)
     run_dir_abs = str(Path(run_dir or recipe.run_dir).absolute())
     recipe = recipe.model_copy(update={"run_dir": run_dir_abs})
     plan = make_plan(recipe, run_dir_abs, exclude=exclude, excluded_reasons=excluded_reasons)

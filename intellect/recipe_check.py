@@ -21,7 +21,6 @@ from intellect.rl.envs.data import is_local
 from intellect.rl.tokenizer import TINY_NAME, CharTokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-SAMPLE_TASKS = 64  # tasks per environment checked against the tiny tokenizer
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,27 @@ def check_recipe(recipe: Recipe, source: str, root: yaml.Node | None) -> list[st
             "with HF_HUB_OFFLINE=1 they must be in the nodes' cache"
         )
     return warnings
+
+
+def absolute_paths(recipe: Recipe) -> Recipe:
+    """The recipe with every local dataset and model path made absolute: the roles run in the run directory,
+    and they must open what the launch checked."""
+
+    def fix(spec: EnvSpec) -> EnvSpec:
+        dataset = spec.args.get("dataset")
+        if not isinstance(dataset, str) or not is_local(dataset):
+            return spec
+        return spec.model_copy(
+            update={"args": {**spec.args, "dataset": str(Path(dataset).expanduser().resolve())}}
+        )
+
+    model = recipe.model
+    if model.name != TINY_NAME and is_local(model.name):
+        model = model.model_copy(update={"name": str(Path(model.name).expanduser().resolve())})
+    evals = recipe.evals.model_copy(update={"environments": [fix(s) for s in recipe.evals.environments]})
+    return recipe.model_copy(
+        update={"model": model, "environments": [fix(s) for s in recipe.environments], "evals": evals}
+    )
 
 
 def _hub_ids(recipe: Recipe) -> str:
@@ -156,7 +176,7 @@ def _tiny_fit(recipe: Recipe, entry: Entry) -> str | None:
     from intellect.rl.envs import make_env
 
     try:
-        tasks = list(make_env(entry.spec).tasks(entry.role))[:SAMPLE_TASKS]
+        tasks = list(make_env(entry.spec).tasks(entry.role))
     except EnvError as exc:
         return exc.message
     chars = set(CharTokenizer.chars)

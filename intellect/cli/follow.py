@@ -93,7 +93,8 @@ def report(run_dir: str) -> None:
         role = next(iter(failed), "run")
         codes = failed.get(role, exits.get("run", []))
         causes = read_causes(run_dir)
-        proc, cause = next(iter(causes.items()), (f"{role}-0", None))
+        mine = {p: c for p, c in causes.items() if p.startswith(f"{role}-")} or causes
+        proc, cause = next(iter(mine.items()), (f"{role}-0", None))
         because = f": {proc}: {cause}" if cause else ""
         raise RunError(
             f"the run failed: {role} exited with {codes}{because}", hint=f"less {run_dir}/logs/{proc}.log"

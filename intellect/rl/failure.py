@@ -34,9 +34,9 @@ def role_rank() -> int:
 
 def fail(role: str, exc: IntellectError, run_dir: str | Path | None = None, rank: int | None = None) -> int:
     """Report ``exc`` as one line on stderr and in the run directory; return the exit code to use."""
-    line = " ".join(exc.message.split())
+    line = printable(exc.message)
     if exc.hint:
-        line += f" (try: {exc.hint})"
+        line += f" (try: {printable(exc.hint)})"
     print(f"{role}: error: {line}", file=sys.stderr, flush=True)
     folder = run_dir or os.environ.get("INTELLECT_RUN_DIR")
     if folder:
@@ -49,12 +49,18 @@ def fail(role: str, exc: IntellectError, run_dir: str | Path | None = None, rank
     return exc.exit_code
 
 
+def printable(text: str) -> str:
+    """One line without control characters: a cause carries text from servers, datasets and plugins, and it is
+    printed on terminals."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
 def read_causes(run_dir: str | Path) -> dict[str, str]:
     """``{"trainer-0": "one line", ...}`` for every role process of the run that recorded a failure."""
     out: dict[str, str] = {}
     for path in sorted(Path(run_dir, STATUS).glob(f"*{CAUSE_SUFFIX}")):
         try:
-            out[path.name[: -len(CAUSE_SUFFIX)]] = path.read_text().strip()
+            out[path.name[: -len(CAUSE_SUFFIX)]] = printable(path.read_text(errors="replace"))
         except OSError:
             continue
     return out

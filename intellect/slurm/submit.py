@@ -30,8 +30,12 @@ def run_batch_script(script: str, env: dict[str, str]) -> int:
     which submitit forwards as SIGINT and follows with SIGKILL about a second later) sends SIGTERM to that whole
     group at once: the script's trap stops every role and waits for them, even after this process is gone.
     Under Slurm, Slurm owns the processes (scancel, requeue) and the script stays in the job's session."""
-    local = "SLURM_JOB_ID" not in os.environ
+    local = env.get("INTELLECT_EXECUTOR") == "local"
     proc = subprocess.Popen(["bash", script], env={**os.environ, **env}, start_new_session=local)
+    if local:  # a closed terminal or a kill of the launcher stops the roles too, through the handler below
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: submitit's own handling applies
+                signal.signal(sig, _raise_interrupt)
     try:
         proc.wait()
     except BaseException:
@@ -44,6 +48,10 @@ def run_batch_script(script: str, env: dict[str, str]) -> int:
     if proc.returncode != 0:
         raise RuntimeError(f"batch script {script} exited with {proc.returncode}")
     return proc.returncode
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @dataclass
@@ -123,6 +131,7 @@ def submit(plan: Plan, script: Path, executor: str, timeout_min: int) -> Submiss
 
     folder = Path(plan.run_dir) / "submitit"
     env = {"INTELLECT_PYTHON": os.environ.get("INTELLECT_PYTHON", sys.executable), "PYTHONUNBUFFERED": "1"}
+    env["INTELLECT_EXECUTOR"] = executor
     ex: Any
     if executor == "slurm":
         ex = submitit.SlurmExecutor(folder=folder)

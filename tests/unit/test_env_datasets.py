@@ -365,3 +365,53 @@ def test_a_hub_id_passes_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert isinstance(check_spec(name, {**args, "eval_fraction": 1.0}, "eval"), list)
         check_source(Source(dataset=hub, subset=subset, solve_rate_column=rate), {"question": "q"})
     env("math", dataset=hub, subset="math")  # building reads nothing; only tasks() would
+
+
+# --------------------------------------------------------------------------------------------- review fixes
+
+
+def test_stdio_programs_may_use_the_byte_streams_and_a_forged_count_is_clamped() -> None:
+    from intellect.rl.envs.code_env import MARKER, normalise_tests, run_tests
+
+    spec = normalise_tests({"inputs": ["1 2\n", "3 4\n"], "outputs": ["3\n", "7\n"]})
+    binary = "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.buffer.write(b'%d\\n' % (a + b))\n"
+    assert run_tests(binary, spec) == 2
+    forged = f"import os\nos.write(1, b'\\n{MARKER}999\\n')\nos._exit(0)\n"
+    assert run_tests(forged, spec) == 2  # at most every test, never 999 of 2
+    assert run_tests(f"import os\nos.write(1, b'\\n{MARKER}oops\\n')\nos._exit(0)\n", spec) == 0
+
+
+def test_a_bad_jsonl_line_is_named_by_its_own_number(tmp_path: Path) -> None:
+    from intellect.rl.envs.data import DataError, Source, read_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"question": "a", "answer": "1"}\n{"question": "b", "answer": "2"}\n{oops\n')
+    with pytest.raises(DataError, match=r"rows.jsonl:3: not JSON"):
+        list(read_rows(Source(dataset=str(path)), {"question": "question", "answer": "answer"}))
+
+
+def test_launch_makes_local_dataset_paths_absolute_for_the_roles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from intellect.launch import prepare
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "rows.jsonl").write_text('{"question": "What is 1 + 1?", "answer": "2"}\n' * 3)
+    data = yaml.safe_load((root / "recipes" / "debug-cpu.yaml").read_text())
+    data["environments"] = [{"name": "reverse-digits"}]
+    data["evals"]["environments"] = [
+        {"name": "math", "args": {"dataset": "rows.jsonl", "eval_fraction": 1.0}}
+    ]
+    data["model"]["max_seq_len"] = 64
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    prep = prepare("r.yaml", str(tmp_path / "run"))
+    assert prep.recipe.evals.environments[0].args["dataset"] == str(tmp_path / "rows.jsonl")
+
+
+def test_a_cause_is_one_printable_line() -> None:
+    from intellect.rl.failure import printable
+
+    assert printable("bad\x1b[31m red\nsecond\tline\x07") == "bad [31m red second line"

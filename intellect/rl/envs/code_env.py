@@ -2,7 +2,7 @@
 
 Tests come in two forms:
 - **asserts**: a list of ``assert`` statements run after the candidate's code, in its namespace (the built-in
-  templated tasks, and JSONL rows ``{"question", "tests": [...]}``);
+  templated tasks, and rows ``{"question", "tests": [...]}`` read with ``columns: {tests: tests}``);
 - **input/output cases**, the schema of the ``code`` subset of ``PrimeIntellect/INTELLECT-3-RL``: its ``info``
   column is a JSON object whose ``tests`` is (JSON of) ``{"inputs": [...], "outputs": [...], "fn_name": ...}``.
   Without ``fn_name`` each input is the program's stdin and its stdout must match the output token for token;
@@ -73,8 +73,9 @@ try:
     else:
         code = compile(data["code"], "<candidate>", "exec")
         for stdin, want in tests["cases"]:
-            sys.stdin, out = io.StringIO(stdin), io.StringIO()
-            sys.stdout = out
+            raw = io.BytesIO()
+            sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
+            sys.stdout = out = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
             try:
                 exec(code, {{"__name__": "__main__"}})
             except SystemExit:
@@ -83,7 +84,8 @@ try:
                 continue
             finally:
                 sys.stdout = real_out
-            passed += out.getvalue().split() == want.split()
+            out.flush()
+            passed += raw.getvalue().decode("utf-8", "replace").split() == want.split()
 except BaseException:
     pass
 real_out.write("\\n{MARKER}" + json.dumps(passed) + "\\n")
@@ -169,7 +171,11 @@ def run_tests(code: str, tests: Sequence[str] | dict[str, Any], timeout: float =
         except subprocess.TimeoutExpired:
             return 0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARKER)]
-    return int(json.loads(lines[-1][len(MARKER) :])) if lines else 0
+    try:
+        passed = int(json.loads(lines[-1][len(MARKER) :])) if lines else 0
+    except (ValueError, TypeError):  # the candidate printed a malformed marker of its own
+        return 0
+    return max(0, min(passed, len(spec["cases"])))  # a forged count never scores above every test
 
 
 def tests_passed(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:

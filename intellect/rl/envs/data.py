@@ -130,7 +130,15 @@ def _raw_rows(src: Source) -> Iterator[dict[str, Any]]:
     if src.is_local and path.is_file():
         yield from _file_rows(path)
         return
-    yield from _hf_rows(src)
+    if src.dataset.startswith(("/", "./", "../", "~")) and not path.exists():
+        raise DataError(f"dataset {path}: no such file or folder on {_host()}")
+    yield from _hf_rows(Source(**{**src.__dict__, "dataset": str(path) if src.is_local else src.dataset}))
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _file_rows(path: Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
@@ -150,7 +158,10 @@ def _file_rows(path: Path, limit: int | None = None) -> Iterator[dict[str, Any]]
             for line_no, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                item = json.loads(line)
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: not JSON ({exc.msg})") from exc
                 if not isinstance(item, dict):
                     raise DataError(f"{path}:{line_no}: each line is a JSON object")
                 yield item

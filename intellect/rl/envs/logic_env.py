@@ -86,7 +86,8 @@ def logic_correct(task: Task, completion: str, transcript: Sequence[Turn] = ()) 
     source = (entry.get("metadata") or {}).get("source_dataset")
     if source and source in known_tasks():
         return float(_scorer(source).score_answer(answer, entry))
-    return 1.0 if _fold(answer) == _fold(entry.get("answer", "")) and answer else 0.0
+    gold = entry.get("answer")
+    return 1.0 if gold is not None and answer and _fold(answer) == _fold(gold) else 0.0
 
 
 def logic_solved(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
@@ -185,10 +186,14 @@ class Logic(DatasetEnv):
     def _row(self, item: dict[str, Any]) -> tuple[str, Task]:
         question = str(item["question"])
         info = item["info"]
-        info = json.loads(info) if isinstance(info, str) else dict(info)
+        info = json.loads(info) if isinstance(info, str) else info
+        if not isinstance(info, dict):
+            raise ValueError("info is not a JSON object")
         task_name = info.get("task_name") or info.get("task") or "unknown"
         game = info.get("game_data_str") or info.get("game_data") or {}
-        game = json.loads(game) if isinstance(game, str) else dict(game)
+        game = json.loads(game) if isinstance(game, str) else game
+        if not isinstance(game, dict) or game.get("answer") is None:
+            raise ValueError("game_data holds no object with an answer")
         entry = {
             "question": game.get("question", question),
             "answer": game.get("answer"),

@@ -18,6 +18,7 @@ import difflib
 import functools
 import importlib.util
 import inspect
+import json
 import typing
 from collections.abc import Callable
 from importlib import metadata
@@ -115,8 +116,12 @@ def args_model(factory: Factory) -> tuple[type[BaseModel], bool]:
         if not open_ended:
             break
     config = ConfigDict(extra="allow" if open_ended else "forbid", strict=True, arbitrary_types_allowed=True)
-    model = create_model(f"{getattr(factory, '__name__', 'env')}Args", __config__=config, **fields)
-    return model, open_ended
+    name = f"{getattr(factory, '__name__', 'env')}Args"
+    try:
+        return create_model(name, __config__=config, **fields), open_ended
+    except Exception:  # noqa: BLE001 - an annotation pydantic cannot model: check the names, accept any value
+        loose: dict[str, Any] = {k: (object, default) for k, (_, default) in fields.items()}
+        return create_model(name, __config__=config, **loose), open_ended
 
 
 def _constructors(factory: Factory) -> list[Callable[..., Any]]:
@@ -140,11 +145,13 @@ def _params(target: Callable[..., Any]) -> tuple[list[tuple[str, inspect.Paramet
 def validate_args(factory: Factory, args: dict[str, Any]) -> dict[str, Any]:
     """``args`` checked against the factory's parameters, with defaults filled in; SpecProblem('args.X')."""
     model, _ = args_model(factory)
-    try:
-        return model.model_validate(args).model_dump()
+    try:  # JSON mode: strict, yet a string is a Path and a list a tuple, as a recipe can only write them
+        valid = model.model_validate_json(json.dumps(args, default=str))
     except ValidationError as exc:
         found = [(_arg_path(err["loc"]), _arg_message(model, err)) for err in exc.errors()]
         raise SpecProblem(found[0][0], found[0][1], others=found[1:]) from exc
+    extra = valid.model_extra or {}
+    return {**{name: getattr(valid, name) for name in type(valid).model_fields}, **extra}
 
 
 def _arg_path(loc: tuple[int | str, ...]) -> str:

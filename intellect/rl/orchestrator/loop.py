@@ -17,12 +17,12 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from intellect.errors import RunError
+from intellect.errors import EnvError, IntellectError, RunError
 from intellect.rl.orchestrator import writer
 from intellect.rl.orchestrator.bound import Verdict, judge_group, min_weight_step
 from intellect.rl.orchestrator.client import InferenceClient
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import httpx
 
     from intellect.recipe import EnvSpec, Recipe
-    from intellect.rl.envs.base import Environment
+    from intellect.rl.envs.base import Environment, Task
     from intellect.rl.orchestrator.tokens import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,12 @@ class Orchestrator:
         for i, spec in enumerate(self.recipe.environments):
             name = spec.name if spec.name not in self.envs else f"{spec.name}#{i}"
             self.envs[name] = env = await asyncio.to_thread(factory, spec)
-            train.append((name, await asyncio.to_thread(env.tasks, "train"), spec.weight))
-        held_out = []
-        for spec in self.recipe.evals.environments:
+            train.append((name, await _tasks(env, name, "train"), spec.weight))
+        held_out: list[tuple[str, Environment, Sequence[Task]]] = []
+        for i, spec in enumerate(self.recipe.evals.environments):
+            name = spec.name if all(spec.name != n for n, _, _ in held_out) else f"{spec.name}#{i}"
             env = await asyncio.to_thread(factory, spec)
-            held_out.append((spec.name, env, await asyncio.to_thread(env.tasks, "eval")))
+            held_out.append((name, env, await _tasks(env, name, "eval")))
         self.eval_set = eval_items(held_out, self.recipe.evals.samples)
         self.client = InferenceClient(self.urls, transport=self.transport, **self.client_options)
         await self.client.wait_healthy(self.health_timeout_s)
@@ -398,3 +399,15 @@ class Orchestrator:
         summary["first_batch_this_session"] = self.first_batch
         await asyncio.to_thread(writer.write_json, self.run_dir / "summary.json", summary)
         return summary
+
+
+async def _tasks(env: Environment, name: str, split: str) -> Sequence[Task]:
+    """The environment's tasks of ``split``; any failure to build them is one line (EnvError)."""
+    try:
+        return await asyncio.to_thread(env.tasks, split)
+    except IntellectError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+        raise EnvError(
+            f"environment {name!r}: cannot build its {split} tasks: {type(exc).__name__}: {exc}"
+        ) from exc
