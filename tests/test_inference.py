@@ -339,8 +339,65 @@ def test_vllm_argv(tmp_path: Path) -> None:
         "--max-num-seqs": "256",
         "--seed": "0",
         "--worker-extension-cls": "intellect.rl.inference.vllm.WeightReloadExtension",
+        "--logprobs-mode": "processed_logprobs",
+        "--generation-config": "vllm",
     }
     assert vllm_env({})["VLLM_SERVER_DEV_MODE"] == "1"
+
+
+def test_a_vllm_without_processed_logprobs_is_refused_in_one_line() -> None:
+    from intellect.errors import LaunchError
+    from intellect.rl.inference.vllm import check_vllm_version
+
+    for ok in ("0.10.0", "0.11.2", "0.32.0+cpu", "1.0.0rc1"):
+        check_vllm_version(ok)
+    with pytest.raises(LaunchError, match=r"vLLM 0.9.2 cannot return processed logprobs .*>= 0.10.0"):
+        check_vllm_version("0.9.2")
+
+
+def test_a_failed_prefix_cache_reset_fails_the_update_after_retries(tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    from intellect.rl.inference.vllm import _Proxy
+    from intellect.rl.model import STABLE
+
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200 if request.url.path == "/collective_rpc" else 500, text="boom")
+
+    (tmp_path / STABLE).write_text("")
+
+    async def update() -> tuple[int, dict[str, object]]:
+        async with httpx.AsyncClient(
+            base_url="http://vllm", transport=httpx.MockTransport(handler)
+        ) as client:
+            proxy = _Proxy("http://vllm", "m", client)
+            result = await proxy.update(str(tmp_path), 3)
+            assert proxy.weight_step == -1  # not advertised as serving step 3
+            return result
+
+    status, body = asyncio.run(update())
+    assert status == 502 and "prefix cache was not reset: 500 boom" in str(body)
+    assert calls == ["/collective_rpc"] + ["/reset_prefix_cache"] * 3
+
+
+def test_the_embedded_server_refuses_sampling_it_does_not_do(client) -> None:  # type: ignore[no-untyped-def]
+    neutral = {
+        "prompt": "1",
+        "max_tokens": 2,
+        "top_p": 1.0,
+        "top_k": -1,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+    }
+    assert client.post("/v1/completions", json=neutral).status_code == 200
+    for field, value in (("top_k", 5), ("min_p", 0.1), ("repetition_penalty", 1.2)):
+        resp = client.post("/v1/completions", json={**neutral, field: value})
+        assert resp.status_code == 400, (field, resp.text)
 
 
 def test_worker_extension_reloads_from_the_stable_folder(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ Beyond the OpenAI fields, each choice carries ``token_ids``, ``prompt_token_ids`
 A string prompt is encoded with a leading BOS; a list of ids is used as given. ``token_ids`` keep the eos and
 stop-string tokens (their logprobs are real samples); ``text`` drops them. ``max_tokens`` defaults to
 ``model.max_new_tokens`` and is cut to what fits in ``model.max_seq_len`` (finish_reason 'length').
-Extra request fields: ``ignore_eos`` (as vLLM: keep going after eos). Streaming and top_p < 1 are refused.
+Extra request fields: ``ignore_eos`` (as vLLM: keep going after eos). Streaming, top_p < 1, top_k > 0, min_p > 0 and
+repetition_penalty != 1 are refused.
 
 Chat template (the char tokenizer has no chat tokens): each message renders as ``"{role}: {content}\\n"``, then
 ``"assistant: "`` opens the reply, e.g. ``[{"role": "user", "content": "12+3="}]`` -> ``"user: 12+3=\\nassistant: "``.
@@ -57,6 +58,11 @@ class _Sampling(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(
+        -1, ge=-1, description="vLLM's 'no top-k' is -1 (or 0); the embedded server has no other"
+    )
+    min_p: float = Field(0.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
     n: int = Field(1, ge=1, le=1024)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -108,9 +114,11 @@ class _Api:
 
         if req.stream:
             raise ApiError(400, "stream=true is not supported by the embedded server; ask without streaming")
-        if req.top_p < 1:
+        if req.top_p < 1 or req.top_k > 0 or req.min_p > 0 or req.repetition_penalty != 1:
             raise ApiError(
-                400, "top_p < 1 is not supported by the embedded server (sampling is full-vocabulary)"
+                400,
+                "top_p < 1, top_k > 0, min_p > 0 and repetition_penalty != 1 are not supported by the embedded "
+                "server (sampling is full-vocabulary softmax(logits / temperature))",
             )
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         return SamplingParams(

