@@ -83,10 +83,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Reci
         proc.wait(120)
 
 
-def check_parity(model: torch.nn.Module, choice: dict[str, Any]) -> None:
+def check_parity(model: torch.nn.Module, choice: dict[str, Any], temperature: float = 1.0) -> None:
     ids = torch.tensor([choice["prompt_token_ids"] + choice["token_ids"]])
     with torch.no_grad():
-        ref = forward_logprobs(model.float(), ids, torch.ones_like(ids))[
+        ref = forward_logprobs(model.float(), ids, torch.ones_like(ids), temperature=temperature)[
             0, len(choice["prompt_token_ids"]) - 1 :
         ]
     got = torch.tensor(choice["logprobs"]["token_logprobs"])
@@ -105,6 +105,9 @@ def test_vllm_serves_our_api_and_reloads_weights(
         resp = c.post("/v1/completions", json=body).json()
         first = resp["choices"][0]
         check_parity(model, first)
+        # at another temperature the sampled distribution is softmax(logits / T): vLLM's processed logprobs
+        cool = c.post("/v1/completions", json={**body, "temperature": 0.7}).json()["choices"][0]
+        check_parity(model, cool, temperature=0.7)
         (parsed,) = parse_completions(resp)  # what the orchestrator reads from any backend
         assert parsed.token_ids == first["token_ids"] and len(parsed.logprobs) == len(parsed.token_ids) == 8
         new = hf_folder(tmp_path / "new", seed=7)
