@@ -1,6 +1,10 @@
 """Dataset-backed environments on small offline files of the PrimeIntellect/INTELLECT-3-RL schema.
 
-Every file is written in tmp_path; nothing is downloaded.
+Every file is written in tmp_path; nothing is downloaded. The schema mirrors the dataset as of its Hugging Face
+commit 3c1ecf6 ("Add avg@8_qwen3_4b_instruct_2507 to math"), read from PrimeIntellect's own loaders of its
+subsets (research-environments: math/science ``question``/``answer``; code ``question`` + ``info`` JSON whose
+``tests`` is JSON of inputs/outputs/fn_name; logic ``question`` + ``info`` JSON with ``task_name`` and
+``game_data_str``; solve rates ``avg@8_qwen3_4b_instruct_2507``, logic ``avg@16_...``), not from our own code.
 """
 
 from __future__ import annotations
