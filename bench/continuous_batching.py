@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from intellect.recipe import Recipe, validate_recipe
-from intellect.rl.orchestrator import writer
+from intellect.rl import layout
 from intellect.rl.orchestrator.fake import CoinFlipEnv, DigitTokenizer, FakeCluster, FakeServer
 from intellect.rl.orchestrator.loop import Orchestrator
 
@@ -64,11 +64,11 @@ def recipe(run_dir: Path, steps: int, prompts: int, group: int) -> Recipe:
 async def trainer(run_dir: Path, steps: int) -> None:
     for step in range(steps + 1):
         if step:
-            while not (writer.rollouts_dir(run_dir, step) / writer.STABLE).exists():
+            while not (layout.rollouts_dir(run_dir, step) / layout.STABLE).exists():
                 await asyncio.sleep(0.005)
-        folder = writer.weights_dir(run_dir, step)
+        folder = layout.weights_dir(run_dir, step)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / writer.STABLE).write_text("")
+        (folder / layout.STABLE).write_text("")
 
 
 async def one_run(cls: type[Orchestrator], args: argparse.Namespace, seed: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import yaml
 from intellect import runs
 from intellect.errors import LaunchError
 from intellect.recipe import Recipe, load_recipe_doc, time_minutes
+from intellect.rl import layout
 from intellect.slurm.plan import Plan, make_plan
 from intellect.slurm.render import render_sbatch
 from intellect.slurm.submit import Executor, Submission, choose_executor, submit
@@ -82,7 +83,7 @@ def gated_prepare(
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    existing = run_dir / "recipe.resolved.yaml"
+    existing = layout.recipe_path(run_dir)
     if existing.exists() and not resume:
         raise LaunchError(
             f"{run_dir} already holds a run",
@@ -96,10 +97,10 @@ def write_run_dir(prep: Prepared, resume: bool) -> Path:
     run_dir = Path(prep.plan.run_dir)
     _check_run_dir(run_dir, resume)
     try:
-        for sub in ("logs", "status", "weights", "rollouts", "checkpoints"):
+        for sub in layout.FOLDERS:
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
         resolved = yaml.safe_dump(prep.recipe.model_dump(mode="json"), sort_keys=False)
-        (run_dir / "recipe.resolved.yaml").write_text(resolved)
+        layout.recipe_path(run_dir).write_text(resolved)
         script = run_dir / SCRIPT_NAME
         script.write_text(prep.script)
         script.chmod(0o755)
@@ -162,14 +163,14 @@ def _gate(
 def role_exits(run_dir: str | Path) -> dict[str, list[int]]:
     """Exit codes each role reported (one per rank), from ``status/<role>.exit``."""
     out: dict[str, list[int]] = {}
-    for path in sorted(Path(run_dir, "status").glob("*.exit")):
+    for path in sorted(layout.status_dir(run_dir).glob("*.exit")):
         codes = [int(x) for x in path.read_text().split() if x.lstrip("-").isdigit()]
         out[path.stem] = codes
     return out
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "summary.json"
+    path = layout.summary_path(run_dir)
     try:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):

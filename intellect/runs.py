@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from intellect.errors import IntellectError, SlurmError
+from intellect.rl import layout
 from intellect.rl.failure import read_causes
 from intellect.slurm import run as slurm
 from intellect.slurm.nodes import query_jobs
@@ -44,7 +45,7 @@ def find(job_id: str) -> dict[str, Any]:
 
 def placement(run_dir: str) -> dict[str, list[str]]:
     """Which nodes held which role, as the batch script recorded it (``status/placement``)."""
-    path = Path(run_dir) / "status" / "placement"
+    path = layout.status_dir(run_dir) / "placement"
     try:
         text = path.read_text()
     except OSError:
@@ -82,7 +83,7 @@ def list_jobs(user: str | None = None, all_jobs: bool = False) -> list[dict[str,
 
 
 def _final_state(run_dir: str) -> str:
-    path = Path(run_dir) / "status" / "run.exit"
+    path = layout.status_dir(run_dir) / "run.exit"
     try:
         code = path.read_text().strip()
     except OSError:

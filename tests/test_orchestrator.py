@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from intellect.recipe import Recipe, validate_recipe
-from intellect.rl.orchestrator import writer
+from intellect.rl import layout
 from intellect.rl.orchestrator.__main__ import main as cli_main
 from intellect.rl.orchestrator.fake import CoinFlipEnv, DigitTokenizer, FakeCluster, FakeServer
 from intellect.rl.orchestrator.loop import Orchestrator
@@ -63,13 +63,13 @@ async def fake_trainer(run_dir: Path, steps: int, train_s: float = 0.02, start: 
     sizes = []
     for step in range(start, steps + 1):
         if step > 0:
-            while not (writer.rollouts_dir(run_dir, step) / writer.STABLE).exists():
+            while not (layout.rollouts_dir(run_dir, step) / layout.STABLE).exists():
                 await asyncio.sleep(0.01)
-            sizes.append(len(writer.read_rollouts(run_dir, step)))
+            sizes.append(len(layout.read_batch(run_dir, step)))
             await asyncio.sleep(train_s)
-        folder = writer.weights_dir(run_dir, step)
+        folder = layout.weights_dir(run_dir, step)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / writer.STABLE).write_text("")
+        (folder / layout.STABLE).write_text("")
     return sizes
 
 
@@ -88,33 +88,33 @@ def orchestrator(recipe: Recipe, cluster: FakeCluster, **kw: Any) -> Orchestrato
     )
 
 
-def all_samples(run_dir: Path, steps: int) -> dict[int, list[dict[str, Any]]]:
-    return {n: writer.read_rollouts(run_dir, n) for n in range(1, steps + 1)}
+def all_samples(run_dir: Path, steps: int) -> dict[int, list[layout.RolloutSample]]:
+    return {n: layout.read_batch(run_dir, n) for n in range(1, steps + 1)}
 
 
 def check_batches(
-    batches: dict[int, list[dict[str, Any]]], k: int, batch_size: int = 16, group: int = 4
+    batches: dict[int, list[layout.RolloutSample]], k: int, batch_size: int = 16, group: int = 4
 ) -> None:
-    ids = [s["id"] for b in batches.values() for s in b]
+    ids = [s.id for b in batches.values() for s in b]
     assert len(ids) == len(set(ids)), "a sample id appears twice"
     for n, samples in batches.items():
         assert len(samples) == batch_size
         for s in samples:
-            first, last = s["weight_steps"]
+            first, last = s.weight_steps
             assert first >= n - 1 - k, f"batch {n} holds a sample from weights {first} (bound {n - 1 - k})"
             assert first <= last <= n - 1
-            assert len(s["completion_ids"]) == len(s["completion_logprobs"]) == len(s["completion_mask"])
-        groups: dict[str, list[dict[str, Any]]] = {}
+            assert len(s.completion_ids) == len(s.completion_logprobs) == len(s.completion_mask)
+        groups: dict[str, list[layout.RolloutSample]] = {}
         for s in samples:
-            groups.setdefault(s["group"], []).append(s)
+            groups.setdefault(s.group, []).append(s)
         assert all(len(g) == group for g in groups.values())
         for g in groups.values():
-            assert abs(sum(s["advantage"] for s in g)) < 1e-6
-            assert any(abs(s["advantage"]) > 0 for s in g), "a zero-advantage group was handed over"
+            assert abs(sum(s.advantage for s in g)) < 1e-6
+            assert any(abs(s.advantage) > 0 for s in g), "a zero-advantage group was handed over"
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return writer.read_jsonl(run_dir / "metrics.jsonl", "orchestrator")
+    return layout.read_jsonl(run_dir / "metrics.jsonl", "orchestrator")
 
 
 @pytest.mark.parametrize("k", [0, 1])
@@ -126,7 +126,7 @@ def test_async_bound_refill_evals_summary(tmp_path: Path, k: int) -> None:
     scraped: list[str] = []
 
     async def scrape() -> None:
-        while not (writer.rollouts_dir(tmp_path, 2) / writer.STABLE).exists():
+        while not (layout.rollouts_dir(tmp_path, 2) / layout.STABLE).exists():
             await asyncio.sleep(0.01)
         async with httpx.AsyncClient() as http:
             scraped.append((await http.get(f"http://127.0.0.1:{orch.bound_port}/metrics")).text)
@@ -162,7 +162,7 @@ def test_server_killed_and_restarted_loses_no_rollout(tmp_path: Path) -> None:
     orch = orchestrator(recipe, cluster)
 
     async def chaos() -> None:
-        while not (writer.rollouts_dir(tmp_path, 2) / writer.STABLE).exists():
+        while not (layout.rollouts_dir(tmp_path, 2) / layout.STABLE).exists():
             await asyncio.sleep(0.005)
         while victim.inflight == 0:
             await asyncio.sleep(0.001)
@@ -191,8 +191,8 @@ def test_resume_continues_after_last_complete_batch(tmp_path: Path) -> None:
 
     asyncio.run(run(3, 0))
     first = all_samples(tmp_path, 3)
-    (writer.rollouts_dir(tmp_path, 4)).mkdir(parents=True)  # a batch cut short by a crash: no STABLE
-    (writer.rollouts_dir(tmp_path, 4) / writer.ROLLOUTS_FILE).write_text("torn")
+    (layout.rollouts_dir(tmp_path, 4)).mkdir(parents=True)  # a batch cut short by a crash: no STABLE
+    (layout.rollouts_dir(tmp_path, 4) / layout.ROLLOUTS_FILE).write_text("torn")
     asyncio.run(run(5, 4))
     batches = all_samples(tmp_path, 5)
     assert {n: batches[n] for n in (1, 2, 3)} == first  # complete batches untouched

@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from intellect.recipe import Recipe, validate_recipe
+from intellect.rl import layout
 from intellect.rl.envs.base import Environment, Rubric, Task, Turn
 from intellect.rl.inference.engine import Engine
 from intellect.rl.inference.server import BackgroundServer, app_for
 from intellect.rl.model import build_model, save_weights
-from intellect.rl.orchestrator import writer
 from intellect.rl.orchestrator.loop import Orchestrator
 
 pytest_plugins = ["tests.inference_fixtures"]  # the one_thread fixture
@@ -67,7 +67,7 @@ async def stand_in_trainer(recipe: Recipe, engine: Engine) -> None:
     gen = torch.Generator().manual_seed(0)
     for step in range(STEPS + 1):
         if step > 0:
-            while not (writer.rollouts_dir(run_dir, step) / writer.STABLE).exists():
+            while not (layout.rollouts_dir(run_dir, step) / layout.STABLE).exists():
                 await asyncio.sleep(0.005)
             for _ in range(2000):  # up to 2 s: the last batch leaves nothing in flight
                 if engine.in_flight:
@@ -77,7 +77,7 @@ async def stand_in_trainer(recipe: Recipe, engine: Engine) -> None:
                 for p in model.parameters():
                     p.add_(0.05 * torch.randn(p.shape, generator=gen))
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        await asyncio.to_thread(save_weights, state, writer.weights_dir(run_dir, step))
+        await asyncio.to_thread(save_weights, state, layout.weights_dir(run_dir, step))
 
 
 def test_in_flight_updates_drop_nothing_and_tag_both_steps(recipe: Recipe) -> None:
@@ -95,11 +95,11 @@ def test_in_flight_updates_drop_nothing_and_tag_both_steps(recipe: Recipe) -> No
     assert engine.stats.updates == STEPS + 1 and engine.stats.recomputes == 0
     spans = []
     for n in range(1, STEPS + 1):
-        samples = writer.read_rollouts(recipe.run_dir, n)
+        samples = layout.read_batch(recipe.run_dir, n)
         assert len(samples) == recipe.algorithm.batch_size
         for s in samples:
-            first, last = s["weight_steps"]
+            first, last = s.weight_steps
             assert n - 1 - K <= first <= last <= n - 1
-            assert len(s["completion_ids"]) == len(s["completion_logprobs"]) >= 1
+            assert len(s.completion_ids) == len(s.completion_logprobs) >= 1
             spans.append(last - first)
     assert max(spans) >= 1, "no update landed mid-generation"

@@ -25,6 +25,7 @@ import yaml
 
 from intellect.recipe import Recipe, validate_recipe
 from intellect.rl.envs.base import Environment, Task
+from intellect.rl.layout import RolloutSample
 from intellect.rl.model import (
     CharTokenizer,
     build_model,
@@ -109,10 +110,10 @@ def metric_lines(run_dir: Path) -> list[dict[str, Any]]:
 
 def test_batch_columns_align_with_forward_logprobs() -> None:
     # column t of the token tensors is token t+1: the completion's tokens sit at columns 2, 3, 4
-    sample = {"prompt_ids": [1, 5, 6], "completion_ids": [7, 8, 2], "completion_logprobs": [-0.1, -0.2, -0.3],
-              "completion_mask": [1, 0, 1], "advantage": 0.5}  # fmt: skip
+    sample = {"id": "a", "prompt_ids": [1, 5, 6], "completion_ids": [7, 8, 2],
+              "completion_logprobs": [-0.1, -0.2, -0.3], "completion_mask": [1, 0, 1], "advantage": 0.5}  # fmt: skip
     short = dict(sample, prompt_ids=[1], completion_ids=[9], completion_logprobs=[-0.9], completion_mask=[1])
-    batch = build_rl_batch([sample, short], pad_id=0)
+    batch = build_rl_batch([RolloutSample.from_json(sample), RolloutSample.from_json(short)], pad_id=0)
     assert batch.input_ids.tolist() == [[1, 5, 6, 7, 8, 2], [1, 9, 0, 0, 0, 0]]
     assert batch.attention_mask.tolist() == [[1] * 6, [1, 1, 0, 0, 0, 0]]
     assert batch.loss_mask.tolist() == [[0, 0, 1, 0, 1], [1, 0, 0, 0, 0]]
@@ -133,12 +134,12 @@ def test_rank_slices_partition_the_batch() -> None:
 
 
 def test_micro_batches_sort_by_length_and_keep_the_budget() -> None:
-    samples = rollout_samples(1) + rollout_samples(2)
+    samples = [RolloutSample.from_json(d) for d in rollout_samples(1) + rollout_samples(2)]
     for sample in samples[::5]:  # a long tail, as generations that run to max_new_tokens give
-        sample["completion_ids"] = sample["completion_ids"] * 4
+        sample.completion_ids = sample.completion_ids * 4
     for budget in (1, 24, 40, 100, 10_000):
         parts = data.micro_batches(samples, budget)
-        assert sorted(s["id"] for part in parts for s in part) == sorted(s["id"] for s in samples)
+        assert sorted(s.id for part in parts for s in part) == sorted(s.id for s in samples)
         widths = [[data.sample_length(s) for s in part] for part in parts]
         assert sum(widths, []) == sorted(data.sample_length(s) for s in samples)
         for w in widths:
@@ -192,7 +193,7 @@ def test_steps_write_weights_checkpoints_and_metrics(tmp_path: Path) -> None:
     rows = metric_lines(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     keys = {"role", "step", "loss", "masked_frac", "masked_low_frac", "masked_high_frac", "grad_norm", "lr",
-            "tokens", "step_time", "wait_time", "mean_reward", "micro_batches", "rollout_age"}  # fmt: skip
+            "tokens", "step_time", "wait_time", "reward_mean", "micro_batches", "rollout_age"}  # fmt: skip
     for row in rows:
         assert keys <= set(row) and row["role"] == "trainer"
         assert 0.0 <= row["masked_frac"] <= 1.0

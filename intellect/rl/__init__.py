@@ -4,26 +4,25 @@ Contracts between the roles (all three take ``--config RUN_DIR/recipe.resolved.y
 absolute; they read it with ``intellect.recipe.load_recipe``):
 
 Run directory (shared storage)
-    recipe.resolved.yaml            the recipe every role reads
-    logs/<role>-<rank>.log          written by the launcher (stdout/stderr of each role process)
-    metrics.jsonl                   one JSON object per line, appended by every role: {"role", "step", ...}
-    weights/step_N/                 model.safetensors, then STABLE last (trainer; N=0 after warm-up)
-    rollouts/step_N/                rollouts.jsonl, then STABLE last (orchestrator; N>=1, the batch of step N)
-    checkpoints/step_N/             trainer state to resume from (model, optimizer, step, data position), STABLE
-    summary.json                    written by the orchestrator at the end (reward/accuracy before -> after)
+    Its layout, markers and file names have one home: ``intellect.rl.layout`` (its docstring draws the tree).
+    metrics.jsonl holds one JSON object per line from every role ({"role", "step", ...}); a figure has one
+    name across the roles (``reward_mean`` for the trainer and the orchestrator alike).
     A step folder without STABLE does not exist for readers.
 
 Step numbering and the async bound
     Trainer step N reads rollouts/step_N and writes weights/step_N. Rollouts of batch N must come from weights
     no older than N-1-max_async_level (k=0 is synchronous: batch N uses weights N-1). A rollout is tagged with
-    the weight steps that produced it ([first, last]: an in-flight update can land mid-generation). A rollout
-    whose first weight step is older than N-1-max_off_policy_steps is dropped and its task rescheduled.
+    the weight steps that produced it ([first, last]: an in-flight update can land mid-generation).
+    max_async_level k bounds how far inference runs ahead: batch N accepts first >= N-1-k. max_off_policy_steps
+    bounds the in-flight updates one rollout spans: a group with last - first > max_off_policy_steps is dropped,
+    counted (``dropped_off_policy``) and its task rescheduled. Since first >= N-1-k and last <= N-1, a span
+    never exceeds k: max_off_policy_steps binds only when it is below k.
 
 One rollout sample (a line of rollouts.jsonl)
-    {"id": str (unique in the run), "group": str, "env": str, "task_id": str,
-     "prompt_ids": [int], "completion_ids": [int], "completion_logprobs": [float],
-     "completion_mask": [0|1] (1 = sampled by the policy; 0 = tool output or masked sample),
-     "reward": float, "advantage": float, "weight_steps": [int, int]}
+    ``intellect.rl.layout.RolloutSample``, written by ``layout.write_rollouts`` and read back (and checked) by
+    ``layout.read_rollouts``: {"id", "group", "env", "task_id", "prompt_ids", "completion_ids",
+    "completion_logprobs", "completion_mask" (1 = sampled by the policy), "reward", "advantage",
+    "weight_steps": [first, last], "truncated"}.
 
 Inference HTTP API (the embedded server and vLLM alike; the orchestrator cannot tell them apart)
     POST /v1/completions        {"prompt": str | [int], "max_tokens", "temperature", "n", "logprobs": 1,

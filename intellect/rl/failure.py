@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from intellect.errors import IntellectError
+from intellect.rl.layout import STATUS
 
-STATUS = "status"
 CAUSE_SUFFIX = ".cause"
 
 

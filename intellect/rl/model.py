@@ -9,21 +9,27 @@ On the CPU path the model is a tiny Llama built from config with a character tok
 from __future__ import annotations
 
 import inspect
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from intellect.rl.layout import STABLE, WEIGHTS_FILE, fresh_tmp, is_stable, replace_folder
 from intellect.rl.tokenizer import TINY_NAME, CharTokenizer
 
 if TYPE_CHECKING:
     from intellect.recipe import Model as ModelConfig
 
-STABLE = "STABLE"
-WEIGHTS_FILE = "model.safetensors"
+__all__ = [
+    "STABLE",
+    "WEIGHTS_FILE",
+    "build_model",
+    "forward_logprobs",
+    "is_stable",
+    "load_weights",
+    "save_weights",
+]
 
 
 def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
@@ -147,19 +153,10 @@ def save_weights(state: dict[str, torch.Tensor], directory: str | Path) -> Path:
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_tmp(directory)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
-    marker = directory / STABLE
-    marker.write_text("")
+    replace_folder(tmp, directory)
     return directory
-
-
-def is_stable(directory: str | Path) -> bool:
-    return (Path(directory) / STABLE).exists()
 
 
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from intellect.recipe import Recipe, time_minutes
+from intellect.rl import layout
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def make_plan(
 ) -> Plan:
     """Split the allocation by node index: trainer nodes first, then inference nodes."""
     run_dir = str(Path(run_dir or recipe.run_dir).absolute())
-    config = f"{run_dir}/recipe.resolved.yaml"
+    config = str(layout.recipe_path(run_dir))
     c, r = recipe.cluster, recipe.roles
     gpn = c.gpus_per_node
     trainer_tasks = gpn if gpn else 1  # one rank per GPU; one process on a CPU node

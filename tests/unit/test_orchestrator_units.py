@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from intellect.recipe import Difficulty, validate_recipe
+from intellect.rl import layout
 from intellect.rl.envs.base import Environment, Rubric, Task, Turn
-from intellect.rl.orchestrator import writer
 from intellect.rl.orchestrator.bound import Verdict, judge, judge_group, min_weight_step, off_policy_lag
 from intellect.rl.orchestrator.client import InferenceClient, InferenceError, Stamp
 from intellect.rl.orchestrator.fake import CoinFlipEnv, DigitTokenizer, FakeCluster, FakeServer, TcpFront
@@ -146,12 +146,12 @@ def test_finalize_group_advantages_and_masked_failures() -> None:
     out = finalize_group(
         "g1", "env", "t1", [_result(1.0, correct=True), _result(0.0), _result(0.5, error="x")]
     )
-    assert [s["id"] for s in out.samples] == ["g1-0", "g1-1", "g1-2"]
-    advs = [s["advantage"] for s in out.samples]
+    assert [s.id for s in out.samples] == ["g1-0", "g1-1", "g1-2"]
+    advs = [s.advantage for s in out.samples]
     assert advs[0] == pytest.approx(1.0) and advs[1] == pytest.approx(-1.0) and advs[2] == 0.0
-    assert out.samples[2]["completion_mask"] == [0, 0, 0] and out.samples[2]["reward"] == 0.0
-    assert out.samples[0]["completion_mask"] == [1, 1, 1]
-    assert out.samples[0]["weight_steps"] == [3, 4]
+    assert out.samples[2].completion_mask == [0, 0, 0] and out.samples[2].reward == 0.0
+    assert out.samples[0].completion_mask == [1, 1, 1]
+    assert out.samples[0].weight_steps == (3, 4)
     assert out.failed == 1 and not out.degenerate and out.solve_rate == 0.5
 
 
@@ -223,17 +223,17 @@ def test_a_run_of_groups_without_signal_is_warned_about(
 
 def test_writer_contract_format_stable_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[bool] = []
-    real_replace = writer.os.replace
+    real_replace = layout.os.replace
 
     def spy(src: Any, dst: Any) -> None:
-        seen.append((Path(dst).parent / writer.STABLE).exists())
+        seen.append((Path(dst).parent / layout.STABLE).exists())
         real_replace(src, dst)
 
-    monkeypatch.setattr(writer.os, "replace", spy)
+    monkeypatch.setattr(layout.os, "replace", spy)
     out = finalize_group("g1", "env", "t1", [_result(1.0), _result(0.0)])
-    folder = writer.write_rollouts(tmp_path, 1, out.samples)
-    assert seen == [False] and (folder / writer.STABLE).exists()
-    lines = [json.loads(x) for x in (folder / writer.ROLLOUTS_FILE).read_text().splitlines()]
+    folder = layout.write_rollouts(tmp_path, 1, out.samples)
+    assert seen == [False] and (folder / layout.STABLE).exists()
+    lines = [json.loads(x) for x in (folder / layout.ROLLOUTS_FILE).read_text().splitlines()]
     keys = {
         "id",
         "group",
@@ -246,24 +246,25 @@ def test_writer_contract_format_stable_last(tmp_path: Path, monkeypatch: pytest.
         "reward",
         "advantage",
         "weight_steps",
+        "truncated",
     }
     assert all(set(x) == keys for x in lines) and len(lines) == 2
     with pytest.raises(FileExistsError):
-        writer.write_rollouts(tmp_path, 1, out.samples)
+        layout.write_rollouts(tmp_path, 1, out.samples)
 
 
 def test_writer_resume_points(tmp_path: Path) -> None:
     for n in (1, 2, 4):
-        writer.write_rollouts(tmp_path, n, [])
-    writer.rollouts_dir(tmp_path, 3).mkdir()  # incomplete: no STABLE
-    assert writer.last_complete_rollouts(tmp_path) == 2
-    writer.write_rollouts(tmp_path, 3, [])  # replaces the incomplete folder
-    assert writer.last_complete_rollouts(tmp_path) == 4
+        layout.write_rollouts(tmp_path, n, [])
+    layout.rollouts_dir(tmp_path, 3).mkdir()  # incomplete: no STABLE
+    assert layout.last_complete_rollouts(tmp_path) == 2
+    layout.write_rollouts(tmp_path, 3, [])  # replaces the incomplete folder
+    assert layout.last_complete_rollouts(tmp_path) == 4
     (tmp_path / "weights" / "step_0").mkdir(parents=True)
-    assert writer.latest_weights(tmp_path) is None
-    (tmp_path / "weights" / "step_0" / writer.STABLE).write_text("")
+    assert layout.latest_step(tmp_path, layout.WEIGHTS) is None
+    (tmp_path / "weights" / "step_0" / layout.STABLE).write_text("")
     (tmp_path / "weights" / "step_7").mkdir()
-    assert writer.latest_weights(tmp_path) == 0
+    assert layout.latest_step(tmp_path, layout.WEIGHTS) == 0
 
 
 def test_summary_and_step_record() -> None:

@@ -273,14 +273,10 @@ def create_app(engine: Engine, metrics: InferenceMetrics, model_name: str, max_n
 
 def latest_weights(run_dir: str | Path) -> tuple[int, Path] | None:
     """The newest STABLE ``weights/step_N`` of a run, or None."""
-    from intellect.rl.model import STABLE
+    from intellect.rl import layout
 
-    found = []
-    for path in Path(run_dir, "weights").glob("step_*"):
-        suffix = path.name.removeprefix("step_")
-        if suffix.isdigit() and (path / STABLE).exists():
-            found.append((int(suffix), path))
-    return max(found) if found else None
+    found = layout.step_folders(run_dir, layout.WEIGHTS)
+    return max(found.items()) if found else None
 
 
 def build_engine(recipe: Recipe, metrics: InferenceMetrics | None = None) -> Engine:

@@ -10,7 +10,7 @@ Modules, by concern:
     client      the HTTP client of the inference servers (retries, rerouting, least in-flight, weight pushes)
     rollout     one group: requests, turns, scores, advantages -> contract samples
     evals       greedy held-out evals
-    writer      the run-directory side: rollouts/step_N + STABLE, metrics.jsonl, summary.json, resume points
+    (the run directory itself: ``intellect.rl.layout``)
     telemetry   Prometheus gauges and the per-step progress line
     loop        the Orchestrator: supervised tasks and the main loop
     fake        a scripted inference server (httpx.MockTransport) for tests and benchmarks

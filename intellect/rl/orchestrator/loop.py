@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from intellect.errors import EnvError, IntellectError, RunError
-from intellect.rl.orchestrator import writer
+from intellect.rl import layout
 from intellect.rl.orchestrator.bound import Verdict, judge_group, min_weight_step
 from intellect.rl.orchestrator.client import InferenceClient
 from intellect.rl.orchestrator.evals import EvalResult, eval_items, run_eval
@@ -114,7 +114,7 @@ class Orchestrator:
         self.on_ready = on_ready
         self.alg = recipe.algorithm
         self.run_dir = Path(recipe.run_dir)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = layout.metrics_path(self.run_dir)
         self.steps = self.alg.steps
         self.slots_n = self.alg.prompts_per_step * (1 + self.alg.max_async_level)
         self._tokenizer, self._env_factory = tokenizer, env_factory
@@ -189,7 +189,7 @@ class Orchestrator:
             self.client, tok, Sampling(m.max_new_tokens, m.max_seq_len, self.alg.temperature)
         )
         self.eval_roller = Roller(self.client, tok, Sampling(m.max_new_tokens, m.max_seq_len, 0.0))
-        first = await asyncio.to_thread(writer.last_complete_rollouts, self.run_dir) + 1
+        first = await asyncio.to_thread(layout.last_complete_rollouts, self.run_dir) + 1
         self.first_batch = first
         self.prefix = f"b{first}"  # sample ids of this session: never those of a complete batch before
         self.pools = DifficultyPools(self.alg.difficulty)
@@ -221,12 +221,12 @@ class Orchestrator:
     async def newer_weights(self) -> int | None:
         """The newest complete weights above those pushed, once there are some (None when closing)."""
         return await asyncio.to_thread(
-            writer.wait_newer_weights, self.run_dir, self.pushed, self.poll_s, self.closing
+            layout.wait_newer_weights, self.run_dir, self.pushed, self.poll_s, self.closing
         )
 
     async def push(self, step: int) -> None:
         """Push weights/step_N to the servers (they apply it between two decode steps, requests in flight)."""
-        await self.client.update_weights(str(writer.weights_dir(self.run_dir, step)), step)
+        await self.client.update_weights(str(layout.weights_dir(self.run_dir, step)), step)
         old, self.pushed = self.pushed, step
         self.queue_evals(old, step)
 
@@ -313,7 +313,7 @@ class Orchestrator:
         if outcome.all_failed:
             self.counts.failed_groups += 1
             return None
-        firsts = [s["weight_steps"][0] for s in outcome.samples]
+        firsts = [s.weight_steps[0] for s in outcome.samples]
         verdict = judge_group(firsts, item.target, self.alg.max_async_level, self.alg.max_off_policy_steps)
         if verdict is not Verdict.ACCEPT:
             self.counts.dropped_stale += 1
@@ -342,7 +342,7 @@ class Orchestrator:
     async def hand_over(self, step: int, kept: list[Kept]) -> None:
         """Write rollouts/step_N (STABLE last), then the metrics line and the progress line."""
         samples = [s for g in kept for s in g.outcome.samples]
-        await asyncio.to_thread(writer.write_rollouts, self.run_dir, step, samples)
+        await asyncio.to_thread(layout.write_rollouts, self.run_dir, step, samples)
         now = time.monotonic()
         self.counts.tokens = self.roller.tokens
         delta, self.last_counts = self.counts.minus(self.last_counts), copy.copy(self.counts)
@@ -352,7 +352,7 @@ class Orchestrator:
         self.last_time = now
         if self.pending_eval is not None:
             record["eval_accuracy"], self.pending_eval = self.pending_eval, None
-        await asyncio.to_thread(writer.append_jsonl, self.metrics_path, record)
+        await asyncio.to_thread(layout.append_jsonl, self.metrics_path, record)
         self.telemetry.observe(record, self.planner.groups_in_flight)
         print(progress_line(record, self.steps), flush=True)
 
@@ -378,7 +378,7 @@ class Orchestrator:
         if not self.eval_set:
             return None
         result = await run_eval(self.eval_roller, self.eval_set, step)
-        await asyncio.to_thread(writer.append_jsonl, self.metrics_path, result.record())
+        await asyncio.to_thread(layout.append_jsonl, self.metrics_path, result.record())
         self.telemetry.eval.set(result.accuracy)
         self.pending_eval = result.accuracy
         print(
@@ -387,17 +387,17 @@ class Orchestrator:
         return result
 
     async def eval_before(self) -> None:
-        done = await asyncio.to_thread(writer.read_jsonl, self.metrics_path, "orchestrator")
+        done = await asyncio.to_thread(layout.read_jsonl, self.metrics_path, "orchestrator")
         if not any(r.get("kind") == "eval" and r.get("step") == 0 for r in done):
             await self.evaluate(0)
 
     async def write_summary(self, final: EvalResult | None, wall: float) -> dict[str, Any]:
         from intellect.rl.orchestrator.summary import summarize
 
-        records = await asyncio.to_thread(writer.read_jsonl, self.metrics_path, "orchestrator")
+        records = await asyncio.to_thread(layout.read_jsonl, self.metrics_path, "orchestrator")
         summary = summarize(records, self.steps, final.accuracy if final else None, wall)
         summary["first_batch_this_session"] = self.first_batch
-        await asyncio.to_thread(writer.write_json, self.run_dir / "summary.json", summary)
+        await asyncio.to_thread(layout.write_json, layout.summary_path(self.run_dir), summary)
         return summary
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from intellect.rl.advantages import group_advantages, is_degenerate
 from intellect.rl.envs.base import Turn
+from intellect.rl.layout import RolloutSample
 from intellect.rl.orchestrator.client import Completion, InferenceClient, InferenceError, Stamp
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class SampleResult:
     reward: float = 0.0
     correct: bool = False
     error: str | None = None
+    truncated: bool = False  # a turn stopped at its token budget (finish_reason "length")
 
     @property
     def failed(self) -> bool:
@@ -158,6 +160,7 @@ class Roller:
             context = sample.prompt_ids + sample.completion_ids + tool_ids
             budget = self._budget(len(context))
             if budget <= 0:
+                sample.truncated = True  # the episode wanted another turn; max_seq_len ended it
                 return
             sample.add(tool_ids, [], sampled=False)
             sample.transcript.append(Turn("tool", reply))
@@ -171,6 +174,7 @@ class Roller:
                 return
             sample.add(comps[0].token_ids, comps[0].logprobs, sampled=True)
             sample.stamp(stamp, comps[0].weight_steps)
+            sample.truncated |= comps[0].finish_reason == "length"
             self.tokens += len(comps[0].token_ids)
             sample.transcript.append(
                 Turn("assistant", await asyncio.to_thread(self.tok.decode, comps[0].token_ids))
@@ -198,6 +202,7 @@ def _take(samples: list[SampleResult], comps: list[Completion], texts: list[str]
     for sample, comp, text in zip(samples, comps, texts, strict=True):
         sample.add(comp.token_ids, comp.logprobs, sampled=True)
         sample.stamp(stamp, comp.weight_steps)
+        sample.truncated |= comp.finish_reason == "length"
         sample.transcript.append(Turn("assistant", text))
 
 
@@ -227,7 +232,7 @@ def _fail(samples: list[SampleResult], error: str) -> list[SampleResult]:
 class GroupOutcome:
     """What a finished group amounts to: its contract samples, or why it is dropped."""
 
-    samples: list[dict[str, Any]]
+    samples: list[RolloutSample]
     failed: int
     degenerate: bool
     all_failed: bool
@@ -247,24 +252,25 @@ def finalize_group(
     fallback = (
         min(r.first for r in scored if r.first is not None) if any(r.first is not None for r in scored) else 0
     )
-    samples: list[dict[str, Any]] = []
+    samples: list[RolloutSample] = []
     for i, r in enumerate(results):
         first = r.first if r.first is not None else fallback
         last = r.last if r.last is not None else first
         samples.append(
-            {
-                "id": f"{group_id}-{i}",
-                "group": group_id,
-                "env": env,
-                "task_id": task_id,
-                "prompt_ids": r.prompt_ids,
-                "completion_ids": r.completion_ids,
-                "completion_logprobs": r.logprobs,
-                "completion_mask": [0] * len(r.mask) if r.failed else r.mask,
-                "reward": 0.0 if r.failed else r.reward,
-                "advantage": 0.0 if r.failed else next(advs),
-                "weight_steps": [first, last],
-            }
+            RolloutSample(
+                id=f"{group_id}-{i}",
+                group=group_id,
+                env=env,
+                task_id=task_id,
+                prompt_ids=r.prompt_ids,
+                completion_ids=r.completion_ids,
+                completion_logprobs=r.logprobs,
+                completion_mask=[0] * len(r.mask) if r.failed else r.mask,
+                reward=0.0 if r.failed else r.reward,
+                advantage=0.0 if r.failed else next(advs),
+                weight_steps=(first, last),
+                truncated=r.truncated,
+            )
         )
     degenerate = len(scored) < 2 or is_degenerate(real)
     solve = sum(r.correct for r in scored) / len(scored)

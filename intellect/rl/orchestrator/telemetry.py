@@ -10,6 +10,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from intellect.rl.layout import RolloutSample
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ class Counts:
 
 def step_record(
     step: int,
-    samples: Sequence[dict[str, Any]],
+    samples: Sequence[RolloutSample],
     rewards: Sequence[float],
     solve_rates: Sequence[float],
     delta: Counts,
@@ -39,7 +41,7 @@ def step_record(
 ) -> dict[str, Any]:
     """The metrics.jsonl line of batch ``step`` (pure); ``rewards`` are those of the samples not failed."""
     rewards = list(rewards) or [0.0]
-    lags = [step - 1 - int(s["weight_steps"][0]) for s in samples] or [0]
+    lags = [step - 1 - s.weight_steps[0] for s in samples] or [0]
     return {
         "role": "orchestrator",
         "kind": "step",
@@ -50,8 +52,8 @@ def step_record(
         "off_policy_lag_mean": sum(lags) / len(lags),
         "off_policy_lag_max": max(lags),
         "weight_steps": [
-            min(s["weight_steps"][0] for s in samples),
-            max(s["weight_steps"][1] for s in samples),
+            min(s.weight_steps[0] for s in samples),
+            max(s.weight_steps[1] for s in samples),
         ]
         if samples
         else None,

@@ -9,37 +9,28 @@ a folder without STABLE is not a checkpoint, whatever else it holds.
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from intellect.rl.model import STABLE, WEIGHTS_FILE
-
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def step_folders(parent: str | Path, stable_only: bool = True) -> dict[int, Path]:
-    """``{N: parent/step_N}`` for the step folders under ``parent`` (only complete ones by default)."""
-    parent = Path(parent)
-    if not parent.is_dir():
-        return {}
-    out = {}
-    for child in parent.iterdir():
-        m = _STEP_DIR.match(child.name)
-        if m and child.is_dir() and (not stable_only or (child / STABLE).exists()):
-            out[int(m.group(1))] = child
-    return dict(sorted(out.items()))
+from intellect.rl.layout import (
+    CHECKPOINTS,
+    OPTIMIZER_FILE,
+    STABLE,
+    TRAINER_STATE_FILE,
+    WEIGHTS,
+    WEIGHTS_FILE,
+    fresh_tmp,
+    replace_folder,
+    step_folders,
+)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of the run, or None."""
-    found = step_folders(Path(run_dir) / "checkpoints")
+    found = step_folders(run_dir, CHECKPOINTS)
     return found[max(found)] if found else None
 
 
@@ -53,15 +44,11 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_tmp(folder)
     save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / WEIGHTS_FILE))
     torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state()}, tmp / OPTIMIZER_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps(meta))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    (folder / STABLE).write_text("")
+    (tmp / TRAINER_STATE_FILE).write_text(json.dumps(meta))
+    replace_folder(tmp, folder)
     return folder
 
 
@@ -75,19 +62,18 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     model_state = load_file(str(folder / WEIGHTS_FILE))
     blob = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
     torch.set_rng_state(blob["torch_rng"])
-    meta = json.loads((folder / STATE_FILE).read_text())
+    meta = json.loads((folder / TRAINER_STATE_FILE).read_text())
     return model_state, blob["optimizer"], meta
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> list[int]:
     """Delete all but the ``keep`` newest complete checkpoints, and leftovers older than the newest."""
-    parent = Path(run_dir) / "checkpoints"
-    complete = list(step_folders(parent))
+    complete = list(step_folders(run_dir, CHECKPOINTS))
     if not complete:
         return []
     kept = set(complete[-keep:])
     removed = []
-    for step, path in step_folders(parent, stable_only=False).items():
+    for step, path in step_folders(run_dir, CHECKPOINTS, stable_only=False).items():
         if step not in kept and step < complete[-1]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(step)
@@ -97,7 +83,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[int]:
 def prune_weights(run_dir: str | Path, latest: int, keep: int) -> list[int]:
     """Delete ``weights/step_M`` for M <= latest - keep (the ``keep`` newest steps stay)."""
     removed = []
-    for step, path in step_folders(Path(run_dir) / "weights", stable_only=False).items():
+    for step, path in step_folders(run_dir, WEIGHTS, stable_only=False).items():
         if step <= latest - keep:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(step)

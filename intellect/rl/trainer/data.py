@@ -6,7 +6,6 @@ T-1 columns aligned with ``forward_logprobs``: column t holds token t+1 given to
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -17,15 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from intellect.rl.model import STABLE
+from intellect.rl.layout import STABLE, RolloutSample, read_rollouts, rollouts_dir
 
 if TYPE_CHECKING:
     from intellect.rl.envs.base import Environment, Task
 
 log = logging.getLogger(__name__)
 
-ROLLOUTS_FILE = "rollouts.jsonl"
-_SAMPLE_KEYS = ("prompt_ids", "completion_ids", "completion_logprobs", "completion_mask", "advantage")
+__all__ = ["Batch", "RolloutSample", "read_rollouts", "rollouts_dir", "wait_for_rollouts"]
 
 
 @dataclass
@@ -53,10 +51,6 @@ class Batch:
 
 
 FIRST_POLL_S = 0.001
-
-
-def rollouts_dir(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / "rollouts" / f"step_{step}"
 
 
 def wait_for_rollouts(
@@ -93,34 +87,6 @@ def wait_for_rollouts(
     return folder, time.monotonic() - start
 
 
-def read_rollouts(folder: str | Path) -> list[dict[str, Any]]:
-    """Read and check the samples of one rollout step (the format of ``intellect.rl``'s docstring)."""
-    path = Path(folder) / ROLLOUTS_FILE
-    samples = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            sample = json.loads(line)
-            _check_sample(sample, f"{path}:{lineno}")
-            samples.append(sample)
-    return samples
-
-
-def _check_sample(sample: dict[str, Any], where: str) -> None:
-    missing = [k for k in _SAMPLE_KEYS if k not in sample]
-    if missing:
-        raise ValueError(f"{where}: rollout sample lacks {missing}")
-    n = len(sample["completion_ids"])
-    if len(sample["completion_logprobs"]) != n or len(sample["completion_mask"]) != n:
-        raise ValueError(
-            f"{where}: completion_ids, completion_logprobs and completion_mask differ in length "
-            f"({n}, {len(sample['completion_logprobs'])}, {len(sample['completion_mask'])})"
-        )
-    if not sample["prompt_ids"]:
-        raise ValueError(f"{where}: empty prompt_ids")
-
-
 def rank_slice(n: int, rank: int, world_size: int) -> slice:
     """The contiguous share of ``n`` samples that ``rank`` trains on (sizes differ by at most one)."""
     base, extra = divmod(n, world_size)
@@ -128,12 +94,12 @@ def rank_slice(n: int, rank: int, world_size: int) -> slice:
     return slice(start, start + base + (1 if rank < extra else 0))
 
 
-def sample_length(sample: dict[str, Any]) -> int:
+def sample_length(sample: RolloutSample) -> int:
     """Tokens of prompt + completion: the row width the sample needs in a padded batch."""
-    return len(sample["prompt_ids"]) + len(sample["completion_ids"])
+    return sample.length
 
 
-def micro_batches(samples: Sequence[dict[str, Any]], token_budget: int) -> list[list[dict[str, Any]]]:
+def micro_batches(samples: Sequence[RolloutSample], token_budget: int) -> list[list[RolloutSample]]:
     """Split ``samples`` into micro-batches of similar length, each at most ``token_budget`` padded tokens.
 
     Samples are sorted by length and cut greedily so that rows x widest row stays within the budget (a sample
@@ -144,8 +110,8 @@ def micro_batches(samples: Sequence[dict[str, Any]], token_budget: int) -> list[
     """
     if token_budget <= 0 or not samples:
         return [list(samples)]
-    parts: list[list[dict[str, Any]]] = []
-    current: list[dict[str, Any]] = []
+    parts: list[list[RolloutSample]] = []
+    current: list[RolloutSample] = []
     for sample in sorted(samples, key=sample_length):
         if current and (len(current) + 1) * sample_length(sample) > token_budget:
             parts.append(current)
@@ -155,12 +121,12 @@ def micro_batches(samples: Sequence[dict[str, Any]], token_budget: int) -> list[
     return parts
 
 
-def loss_tokens(samples: Sequence[dict[str, Any]]) -> int:
+def loss_tokens(samples: Sequence[RolloutSample]) -> int:
     """Completion tokens that carry loss (the ``completion_mask`` ones): the loss's normaliser."""
-    return sum(int(m) for s in samples for m in s["completion_mask"])
+    return sum(s.loss_tokens for s in samples)
 
 
-def build_rl_batch(samples: Sequence[dict[str, Any]], pad_id: int) -> Batch:
+def build_rl_batch(samples: Sequence[RolloutSample], pad_id: int) -> Batch:
     """Right-padded tensors of prompt + completion; the loss mask is the completion mask.
 
     An empty ``samples`` gives one dummy padding row with an all-zero mask (a data-parallel rank with no
@@ -170,10 +136,10 @@ def build_rl_batch(samples: Sequence[dict[str, Any]], pad_id: int) -> Batch:
         return _pad([([pad_id, pad_id], [], [], 0.0)], pad_id)
     rows = []
     for s in samples:
-        prompt, completion = list(s["prompt_ids"]), list(s["completion_ids"])
-        mask = [0] * (len(prompt) - 1) + [int(m) for m in s["completion_mask"]]
-        old = [0.0] * (len(prompt) - 1) + [float(x) for x in s["completion_logprobs"]]
-        rows.append((prompt + completion, mask, old, float(s["advantage"])))
+        prompt, completion = list(s.prompt_ids), list(s.completion_ids)
+        mask = [0] * (len(prompt) - 1) + [int(m) for m in s.completion_mask]
+        old = [0.0] * (len(prompt) - 1) + [float(x) for x in s.completion_logprobs]
+        rows.append((prompt + completion, mask, old, float(s.advantage)))
     return _pad(rows, pad_id)
 
 
@@ -193,9 +159,9 @@ def _pad(rows: Sequence[tuple[list[int], list[int], list[float], float]], pad_id
     return Batch(input_ids, attention, loss_mask, old, advantages)
 
 
-def batch_stats(samples: Sequence[dict[str, Any]]) -> dict[str, float]:
-    rewards = [float(s.get("reward", 0.0)) for s in samples]
-    return {"mean_reward": sum(rewards) / len(rewards) if rewards else 0.0, "samples": float(len(samples))}
+def batch_stats(samples: Sequence[RolloutSample]) -> dict[str, float]:
+    rewards = [s.reward for s in samples]
+    return {"reward_mean": sum(rewards) / len(rewards) if rewards else 0.0, "samples": float(len(samples))}
 
 
 # ------------------------------------------------------------------------------------------------ warm-up

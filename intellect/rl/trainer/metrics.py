@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -28,8 +26,8 @@ class TrainerMetrics:
             registry=r,
         )
         self.grad_norm = Gauge("intellect_trainer_grad_norm", "Gradient norm before clipping.", registry=r)
-        self.mean_reward = Gauge(
-            "intellect_trainer_mean_reward", "Mean reward of the last batch.", registry=r
+        self.reward_mean = Gauge(
+            "intellect_trainer_reward_mean", "Mean reward of the last batch.", registry=r
         )
         self.step_seconds = Gauge(
             "intellect_trainer_step_seconds", "Compute time of the last step.", registry=r
@@ -75,24 +73,17 @@ class TrainerMetrics:
         self.loss.set(record["loss"])
         self.masked_frac.set(record["masked_frac"])
         self.grad_norm.set(record["grad_norm"])
-        self.mean_reward.set(record["mean_reward"])
+        self.reward_mean.set(record["reward_mean"])
         self.step_seconds.set(record["step_time"])
         self.wait_seconds.set(record["wait_time"])
         self.rollout_age_seconds.set(record.get("rollout_age", 0.0))
         self.tokens.inc(record["tokens"])
 
 
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON object as one line, in a single write (readers never see half a line)."""
-    line = json.dumps(record, separators=(",", ":")) + "\n"
-    with open(path, "a") as fh:
-        fh.write(line)
-
-
 def describe(record: dict[str, Any], total: int) -> str:
     """The readable one-line summary of a step, for stdout."""
     return (
-        f"step {record['step']}/{total} loss {record['loss']:+.4f} reward {record['mean_reward']:.3f} "
+        f"step {record['step']}/{total} loss {record['loss']:+.4f} reward {record['reward_mean']:.3f} "
         f"masked {100 * record['masked_frac']:.2f}% (low {100 * record['masked_low_frac']:.2f}%, "
         f"high {100 * record['masked_high_frac']:.2f}%) grad {record['grad_norm']:.3f} "
         f"tokens {record['tokens']} wait {record['wait_time']:.2f}s step {record['step_time']:.2f}s"

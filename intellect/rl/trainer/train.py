@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from intellect.rl import layout
 from intellect.rl.model import STABLE, build_model, forward_logprobs, is_stable, save_weights
 from intellect.rl.trainer import checkpoint as ckpt
 from intellect.rl.trainer.data import (
@@ -43,7 +44,7 @@ from intellect.rl.trainer.distributed import (
     shard_model,
 )
 from intellect.rl.trainer.loss import importance_masked_pg_loss
-from intellect.rl.trainer.metrics import TrainerMetrics, append_jsonl, describe
+from intellect.rl.trainer.metrics import TrainerMetrics, describe
 from intellect.rl.trainer.pretrain import supervised_warmup
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class Trainer:
             )  # fmt: skip
             log.info("warm-up: %d steps, loss %.4f, %.1f s", result.steps, result.loss, result.seconds)
             if self.info.is_main:
-                append_jsonl(self.run_dir / "metrics.jsonl", {
+                layout.append_jsonl(layout.metrics_path(self.run_dir), {
                     "role": "trainer", "step": 0, "phase": "warmup", "loss": result.loss,
                     "warmup_steps": result.steps, "warmup_time": result.seconds, "tokens": result.tokens,
                     "lr": cfg.learning_rate,
@@ -158,7 +159,7 @@ class Trainer:
         start = time.monotonic()
         tokens = loss_tokens(samples)
         mine = samples[rank_slice(len(samples), self.info.rank, self.info.world_size)]
-        parts: list[list[dict[str, Any]]] = micro_batches(mine, self.alg.micro_batch_tokens)
+        parts: list[list[layout.RolloutSample]] = micro_batches(mine, self.alg.micro_batch_tokens)
         count = all_reduce_max(len(parts), self.info, self.device)
         parts += [[] for _ in range(count - len(parts))]
         self.model.train()
@@ -189,7 +190,7 @@ class Trainer:
             "role": "trainer", "step": step, "loss": total_loss, "masked_frac": (n_low + n_high) * frac,
             "masked_low_frac": n_low * frac, "masked_high_frac": n_high * frac, "grad_norm": grad_norm,
             "lr": self.optimizer.param_groups[0]["lr"], "tokens": tokens, "step_time": time.monotonic() - start,
-            "wait_time": waited, "mean_reward": batch_stats(samples)["mean_reward"], "mean_ratio": ratio_sum * frac,
+            "wait_time": waited, "reward_mean": batch_stats(samples)["reward_mean"], "mean_ratio": ratio_sum * frac,
             "samples": len(samples), "micro_batches": count, "rollout_age": age,
         }  # fmt: skip
 
@@ -210,7 +211,7 @@ class Trainer:
         """Write checkpoints/step_N (rank 0; STABLE last) and keep the newest ``checkpoints.keep``."""
         model_state = full_model_state(self.model, self.info)
         optim_state = full_optimizer_state(self.model, self.optimizer, self.info)
-        folder = self.run_dir / "checkpoints" / f"step_{step}"
+        folder = layout.checkpoint_dir(self.run_dir, step)
         if self.info.is_main:
             meta = {"step": step, "next_rollout_step": step + 1, "world_size": self.info.world_size}
             ckpt.save_checkpoint(folder, model_state, optim_state, meta)
@@ -223,8 +224,8 @@ class Trainer:
         """One JSON line in metrics.jsonl, one readable line on stdout, the Prometheus gauges."""
         self.metrics.observe_step(record)
         if self.info.is_main:
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            layout.append_jsonl(layout.metrics_path(self.run_dir), record)
             log.info(describe(record, self.alg.steps))
 
     def weights_dir(self, step: int) -> Path:
-        return self.run_dir / "weights" / f"step_{step}"
+        return layout.weights_dir(self.run_dir, step)
