@@ -104,12 +104,39 @@ class Model(Strict):
 class Masks(Strict):
     low: float = Field(0.5, gt=0, description="Tokens with importance ratio below this carry no gradient.")
     high: float = Field(5.0, gt=0, description="Tokens with importance ratio above this carry no gradient.")
+    sequence_low: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Sequence-level mask: a completion with any token whose importance ratio is below this carries no "
+            "gradient at all (null = off)."
+        ),
+    )
+    sequence_high: float | None = Field(
+        None,
+        gt=0,
+        description="Sequence-level mask: a completion with any token ratio above this is dropped (null = off).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Masks:
         if self.low >= 1.0 or self.high <= 1.0:
             raise ValueError(f"need low < 1 < high (got low={self.low}, high={self.high})")
+        if self.sequence_low is not None and self.sequence_low >= 1.0:
+            raise ValueError(f"sequence_low must be below 1 (got {self.sequence_low})")
+        if self.sequence_high is not None and self.sequence_high <= 1.0:
+            raise ValueError(f"sequence_high must be above 1 (got {self.sequence_high})")
         return self
+
+
+class Schedule(Strict):
+    kind: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate shape after the warm-up: constant, linear or cosine decay."
+    )
+    warmup_steps: int = Field(0, ge=0, description="RL steps of linear warm-up from 0 to learning_rate.")
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="Where linear and cosine decay end, as a fraction of learning_rate."
+    )
 
 
 class Difficulty(Strict):
@@ -133,9 +160,34 @@ class Algorithm(Strict):
     rollouts_per_prompt: int = Field(..., ge=1, description="Group size for group-normalised advantages.")
     max_async_level: int = Field(1, ge=0, description="Inference may run at most this many steps ahead.")
     max_off_policy_steps: int = Field(
-        8, ge=0, description="Rollouts older than this are dropped, rescheduled."
+        8,
+        ge=0,
+        description=(
+            "Weight updates one rollout may span from its first token to its last (in-flight updates); a rollout "
+            "spanning more is dropped and its task rescheduled. Binds only below max_async_level."
+        ),
     )
-    learning_rate: float = Field(..., gt=0, description="AdamW learning rate.")
+    learning_rate: float = Field(
+        ..., gt=0, description="AdamW learning rate (the peak, after lr_schedule's warm-up)."
+    )
+    lr_schedule: Schedule = Field(
+        default_factory=Schedule, description="Learning-rate schedule over the RL steps."
+    )
+    kl_coef: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Weight of a KL penalty (k3 estimator) between the trained policy and the sampler's logprobs, on the "
+            "loss tokens; 0 = off."
+        ),
+    )
+    truncated: Literal["keep", "mask", "zero"] = Field(
+        "keep",
+        description=(
+            "Completions cut at max_new_tokens/max_seq_len: keep them as scored, mask them (no gradient) or zero "
+            "their reward before advantages."
+        ),
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
     micro_batch_tokens: int = Field(
@@ -164,10 +216,9 @@ class Algorithm(Strict):
             raise ValueError(
                 f"batch_size {self.batch_size} must divide by rollouts_per_prompt {self.rollouts_per_prompt}"
             )
-        if self.max_off_policy_steps < self.max_async_level:
+        if self.lr_schedule.warmup_steps > self.steps:
             raise ValueError(
-                f"max_off_policy_steps {self.max_off_policy_steps} must be ≥ max_async_level "
-                f"{self.max_async_level}, or every rollout would be dropped"
+                f"lr_schedule.warmup_steps {self.lr_schedule.warmup_steps} is more than steps {self.steps}"
             )
         return self
 
@@ -181,7 +232,15 @@ class EnvSpec(Strict):
 class Evals(Strict):
     every: int = Field(0, ge=0, description="Evaluate every N trainer steps (0 = only before and after).")
     environments: list[EnvSpec] = Field(default_factory=list, description="Held-out eval environments.")
-    samples: int = Field(64, ge=1, description="Held-out prompts per eval (greedy).")
+    samples: int = Field(64, ge=1, description="Held-out prompts per eval.")
+    k: int = Field(
+        1,
+        ge=1,
+        description="Samples per prompt at the rollouts' sampling settings: avg@k and pass@k are reported.",
+    )
+    greedy: bool = Field(
+        False, description="Also score one greedy (temperature 0) sample per prompt, reported as eval_greedy."
+    )
 
 
 class Checkpoints(Strict):
