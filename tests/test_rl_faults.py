@@ -4,6 +4,9 @@
   twice (checked by rollout ids and trainer steps).
 - The trainer is SIGKILLed mid-run and restarted: it resumes from the last complete checkpoint and the run
   finishes with every step trained.
+- The whole job dies after the trainer has written weights past its last checkpoint, and is started again as the
+  batch script does (``intellect.rl.resume`` first, then every role): the crashed run's future is set aside and no
+  server runs it.
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ class Run:
             assert time.monotonic() < deadline, f"no {path} after {timeout} s; exited: {dead}"
             time.sleep(0.1)
 
+    def crash_all(self) -> None:
+        """The trainer dies, and the batch script's supervision stops the other roles (SIGKILL here)."""
+        for role in ("trainer", "orchestrator", "inference"):
+            self.crash(role)
+
     def finish(self, timeout: float = 300) -> None:
         for role in ("orchestrator", "trainer"):
             assert self.procs[role].wait(timeout=timeout) == 0, self.log(role)
@@ -142,3 +150,44 @@ def test_trainer_killed_resumes_from_checkpoint(run: Run) -> None:
     assert all(s > last for s in retrained)  # only steps after the checkpoint ran again
     ids = run.rollout_ids()
     assert len(ids) == len(set(ids))
+
+
+def test_a_resumed_job_never_serves_the_crashed_runs_future(run: Run) -> None:
+    from intellect.rl import layout
+
+    run.start_all()
+    run.wait_for(
+        "weights/step_8/STABLE"
+    )  # checkpoints every 3: step 6 is the last one, weights 7 and 8 are past it
+    run.crash_all()
+    checkpoint = layout.latest_step(run.dir, layout.CHECKPOINTS)
+    future = [n for n in layout.stable_steps(run.dir, layout.WEIGHTS) if n > (checkpoint or 0)]
+    assert checkpoint == 6 and future[:2] == [7, 8], (checkpoint, future)
+    rolled = [n for n in layout.stable_steps(run.dir, layout.ROLLOUTS) if n > checkpoint]
+
+    step = subprocess.run(
+        [sys.executable, "-m", "intellect.rl.resume", "--config", str(run.config)],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert step.returncode == 0, step.stderr
+    assert "resume from checkpoint 6: set aside weights" in step.stdout
+    aside = next((run.dir / "set_aside").iterdir())
+    assert layout.stable_steps(aside, layout.WEIGHTS) == future
+    assert layout.stable_steps(aside, layout.ROLLOUTS) == rolled
+    assert layout.latest_step(run.dir, layout.WEIGHTS) == 6
+
+    run.start_all()
+    run.finish()
+    server = (run.dir / "logs" / "inference-1.log").read_text()
+    assert (
+        "serving weights of step 6 from" in server
+    )  # the restarted server starts from the checkpoint's weights
+    for n in range(1, STEPS + 1):
+        for sample in layout.read_batch(run.dir, n):
+            first, last = sample.weight_steps
+            # batch N can only come from weights <= N-1 the resumed trainer wrote: never from a crashed step
+            assert n - 2 <= first <= last <= n - 1, (n, sample.weight_steps)
+    ids = [s.id for n in range(1, STEPS + 1) for s in layout.read_batch(run.dir, n)]
+    assert len(ids) == len(set(ids))
+    assert "next step 7" in run.log("trainer")
+    assert sorted(set(run.trained_steps())) == list(range(1, STEPS + 1))
