@@ -26,7 +26,6 @@ Run: .venv/bin/python bench/async_vs_sync.py [--steps 24] [--repeat 2] [--hidden
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from intellect.rl import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,8 +105,8 @@ def watch(
 ) -> tuple[float, dict[str, float]]:
     """Seconds from weights/step_SKIP to weights/step_N (the trainer prunes old folders: note them as they come),
     and the CPU seconds each role used in that window."""
-    first = run / "weights" / f"step_{args.skip}" / "STABLE"
-    last = run / "weights" / f"step_{args.steps}" / "STABLE"
+    first = layout.weights_dir(run, args.skip) / layout.STABLE
+    last = layout.weights_dir(run, args.steps) / layout.STABLE
     t0 = t1 = 0.0
     cpu: dict[str, float] = {}
     while not t1:
@@ -135,7 +136,7 @@ def run_once(base: Path, name: str, k: int, args: argparse.Namespace) -> dict[st
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(timeout=30)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = layout.read_jsonl(layout.metrics_path(run))
     timed = range(args.skip + 1, args.steps + 1)
     train = [r for r in records if r.get("role") == "trainer" and "phase" not in r and r["step"] in timed]
     orch = [r for r in records if r.get("kind") == "step"]

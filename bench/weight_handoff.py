@@ -21,6 +21,7 @@ import torch
 from inference_batching import spawn_server, write_recipe
 
 from intellect.recipe import load_recipe
+from intellect.rl import layout
 from intellect.rl.model import build_model, load_weights, save_weights
 
 
@@ -39,7 +40,7 @@ def measure(size: str, reps: int, base: str) -> tuple[float, list[float], list[f
                 save_weights(state, run / "floor" / f"step_{i}")
                 load_weights(run / "floor" / f"step_{i}")
                 t1 = time.perf_counter()
-                path = save_weights(state, run / "weights" / f"step_{i}")
+                path = save_weights(state, layout.weights_dir(run, i))
                 resp = client.post("/update_weights", json={"path": str(path), "step": i})
                 t2 = time.perf_counter()
                 assert resp.status_code == 200, resp.text

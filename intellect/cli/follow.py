@@ -9,6 +9,7 @@ from typing import Any
 
 from intellect.cli.output import status_console
 from intellect.errors import RunError
+from intellect.rl import layout
 from intellect.slurm.submit import Submission
 
 
@@ -56,7 +57,7 @@ class MetricsTail:
 
 def follow_local(run_dir: str, sub: Submission, poll: float = 0.5) -> None:
     con = status_console()
-    tail = MetricsTail(Path(run_dir) / "metrics.jsonl")
+    tail = MetricsTail(layout.metrics_path(run_dir))
     try:
         while True:
             finished = sub.done()

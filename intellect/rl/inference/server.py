@@ -195,7 +195,7 @@ class _Api:
         return self.envelope("chat.completion", prompt, choices)
 
     async def update_weights(self, req: UpdateRequest) -> dict[str, Any]:
-        from intellect.rl.model import STABLE, is_stable
+        from intellect.rl.layout import STABLE, is_stable
 
         start = time.perf_counter()
         path = Path(req.path)

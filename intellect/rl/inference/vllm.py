@@ -155,7 +155,7 @@ class _Proxy:
         self._lock = asyncio.Lock()
 
     async def update(self, path_str: str, step: int) -> tuple[int, dict[str, Any]]:
-        from intellect.rl.model import STABLE
+        from intellect.rl.layout import STABLE
 
         path = Path(path_str)
         if not path.is_dir():

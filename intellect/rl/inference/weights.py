@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from intellect.rl.model import WEIGHTS_FILE
+from intellect.rl.layout import WEIGHTS_FILE
 
 _DTYPES = {
     "F64": torch.float64,
