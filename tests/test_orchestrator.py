@@ -19,7 +19,14 @@ from intellect.rl.orchestrator.fake import CoinFlipEnv, DigitTokenizer, FakeClus
 from intellect.rl.orchestrator.loop import Orchestrator
 
 
-def make_recipe(run_dir: Path, steps: int = 6, k: int = 1, every: int = 2) -> Recipe:
+def make_recipe(
+    run_dir: Path,
+    steps: int = 6,
+    k: int = 1,
+    every: int = 2,
+    off: int | None = None,
+    evals: dict[str, Any] | None = None,
+) -> Recipe:
     return validate_recipe(
         {
             "name": "orch-test",
@@ -31,11 +38,11 @@ def make_recipe(run_dir: Path, steps: int = 6, k: int = 1, every: int = 2) -> Re
                 "batch_size": 16,
                 "rollouts_per_prompt": 4,
                 "max_async_level": k,
-                "max_off_policy_steps": max(k, 2),
+                "max_off_policy_steps": max(k, 2) if off is None else off,
                 "learning_rate": 1e-3,
             },
             "environments": [{"name": "coin-flip"}],
-            "evals": {"every": every, "samples": 8, "environments": [{"name": "coin-flip"}]},
+            "evals": {"every": every, "samples": 8, "environments": [{"name": "coin-flip"}], **(evals or {})},
             "run_dir": str(run_dir),
         }
     )
@@ -58,8 +65,20 @@ def servers(n: int, latency: Any, restart_step: int | None = 0) -> FakeCluster:
     )
 
 
-async def fake_trainer(run_dir: Path, steps: int, train_s: float = 0.02, start: int = 0) -> list[int]:
-    """Writes weights/step_0, then weights/step_N after rollouts/step_N is complete; returns batch sizes."""
+async def until_busy(cluster: FakeCluster, tries: int = 200) -> None:
+    """Until a server has requests in flight (at most ``tries`` ms)."""
+    for _ in range(tries):
+        if any(s.inflight for s in cluster.servers.values()):
+            return
+        await asyncio.sleep(0.001)
+
+
+async def fake_trainer(
+    run_dir: Path, steps: int, train_s: float = 0.02, start: int = 0, busy: FakeCluster | None = None
+) -> list[int]:
+    """Writes weights/step_0, then weights/step_N after rollouts/step_N is complete; returns batch sizes. With
+    ``busy``, each step's weights are published while a server has requests in flight, so that the update lands
+    mid-generation (after 0.2 s without, anyway: then every group waits for these weights)."""
     sizes = []
     for step in range(start, steps + 1):
         if step > 0:
@@ -67,6 +86,8 @@ async def fake_trainer(run_dir: Path, steps: int, train_s: float = 0.02, start: 
                 await asyncio.sleep(0.01)
             sizes.append(len(layout.read_batch(run_dir, step)))
             await asyncio.sleep(train_s)
+            if busy is not None:
+                await until_busy(busy)
         folder = layout.weights_dir(run_dir, step)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / layout.STABLE).write_text("")
@@ -200,6 +221,88 @@ def test_resume_continues_after_last_complete_batch(tmp_path: Path) -> None:
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4, 5]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 3, 5]  # no second eval before
+
+
+@pytest.mark.parametrize("off", [0, 1])
+def test_rollouts_spanning_too_many_updates_are_never_trained(tmp_path: Path, off: int) -> None:
+    """k=1 with updates landing mid-generation: max_off_policy_steps 0 drops (and redraws) every group an update
+    hit, so no trained sample spans an update; at 1 (= k) it never binds."""
+    steps = 6
+    recipe = make_recipe(tmp_path, steps=steps, k=1, every=0, off=off)
+    cluster = servers(2, latency=lambda rng: rng.uniform(0.02, 0.06))
+    orch = orchestrator(recipe, cluster)
+
+    async def both() -> tuple[dict[str, Any], list[int]]:
+        return await asyncio.gather(orch.run(), fake_trainer(tmp_path, steps, busy=cluster))
+
+    summary, sizes = asyncio.run(both())
+    assert sizes == [16] * steps
+    batches = all_samples(tmp_path, steps)
+    check_batches(batches, k=1)
+    spans = [s.weight_steps[1] - s.weight_steps[0] for b in batches.values() for s in b]
+    step_lines = [r for r in read_metrics(tmp_path) if r["kind"] == "step"]
+    dropped = sum(r["dropped_off_policy"] for r in step_lines)
+    assert summary["dropped_off_policy"] == dropped and summary["dropped_stale"] == 0
+    if off == 0:
+        assert max(spans) == 0, "a sample that spans an update was trained"
+        assert dropped > 0, "no update landed mid-generation: the test did not test anything"
+    else:
+        assert dropped == 0 and max(spans) <= 1
+
+
+def test_resume_restores_pools_counters_and_redraws_groups_in_flight(tmp_path: Path) -> None:
+    """A run stopped right after batch 3 (groups for batch 4 in flight, waiting for weights 2), started again:
+    the pools, counters and group numbering continue from the state saved with batch 3, and the groups that
+    were in flight are drawn first."""
+    cluster = servers(1, latency=lambda rng: 0.002)
+
+    async def stopped_after_batch_3() -> None:
+        orch = orchestrator(make_recipe(tmp_path, steps=5, every=0), cluster)
+        run = asyncio.create_task(orch.run())
+        await fake_trainer(tmp_path, 1)  # weights 0 and 1: batches 1..3 can be made, batch 4 cannot
+        while not (layout.rollouts_dir(tmp_path, 3) / layout.STABLE).exists():
+            await asyncio.sleep(0.005)
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(stopped_after_batch_3())
+    saved = layout.read_orchestrator_state(tmp_path, 3)
+    assert saved is not None and saved["version"] == 1 and saved["batch"] == 3
+    in_flight = saved["sampler"]["again"]
+    assert in_flight, "groups for batch 4 were in flight when batch 3 was saved"
+    trained = {s.group for n in (1, 2, 3) for s in layout.read_batch(tmp_path, n)}
+    assert saved["seq"] >= len(trained) + len(in_flight)
+
+    async def opened() -> Orchestrator:
+        orch = orchestrator(make_recipe(tmp_path, steps=5, every=0), cluster)
+        await orch.open()
+        await orch.close()
+        return orch
+
+    reopened = asyncio.run(opened())
+    assert [[d.env, d.index, d.pool] for d in (reopened.sampler.next() for _ in in_flight)] == in_flight
+    assert reopened.pools.state() == saved["pools"]
+    assert reopened.counts.to_json() == saved["counts"] and reopened.seq == saved["seq"]
+
+    async def resumed() -> None:
+        orch = orchestrator(make_recipe(tmp_path, steps=5, every=0), cluster)
+        await asyncio.gather(orch.run(), fake_trainer(tmp_path, 5, start=2))
+
+    asyncio.run(resumed())
+    check_batches(all_samples(tmp_path, 5), k=1)
+    records = {r["step"]: r for r in read_metrics(tmp_path) if r["kind"] == "step"}
+    assert sorted(records) == [1, 2, 3, 4, 5]
+    seen = {env: {i for pool in pools.values() for i in pool} for env, pools in saved["pools"].items()}
+    after = layout.read_orchestrator_state(tmp_path, 4)
+    assert after is not None
+    for env, tasks in seen.items():  # every task seen before the stop is still in a pool
+        assert tasks <= {i for pool in after["pools"][env].values() for i in pool}
+    assert (
+        sum(records[4]["pools"].values()) >= sum(records[3]["pools"].values()) == sum(map(len, seen.values()))
+    )
+    assert all(after["counts"][k] >= v for k, v in saved["counts"].items())
+    numbers = [int(s.group.rsplit("-g", 1)[1]) for s in layout.read_batch(tmp_path, 4)]
+    assert min(numbers) > saved["seq"]  # group numbering continues
 
 
 def test_cli_needs_inference_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:

@@ -1,4 +1,7 @@
-"""Unit tests of the orchestrator's parts: the bound, pools, planner, advantages/drops, writer, client."""
+"""Unit tests of the orchestrator's parts: the bound, pools, planner, advantages/drops, writer, client.
+
+The verdicts of the async and off-policy bounds: ``test_staleness.py``; pool shares and the saved state:
+``test_pools_state.py``."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import pytest
 from intellect.recipe import Difficulty, validate_recipe
 from intellect.rl import layout
 from intellect.rl.envs.base import Environment, Rubric, Task, Turn
-from intellect.rl.orchestrator.bound import Verdict, judge, judge_group, min_weight_step, off_policy_lag
+from intellect.rl.orchestrator.bound import min_weight_step, off_policy_lag
 from intellect.rl.orchestrator.client import InferenceClient, InferenceError, Stamp
 from intellect.rl.orchestrator.fake import CoinFlipEnv, DigitTokenizer, FakeCluster, FakeServer, TcpFront
 from intellect.rl.orchestrator.loop import Finished, Orchestrator
@@ -37,26 +40,8 @@ def test_min_weight_step() -> None:
     assert min_weight_step(3, 8) == 0
 
 
-@pytest.mark.parametrize(
-    ("first", "verdict"),
-    [
-        (9, Verdict.ACCEPT),
-        (8, Verdict.ACCEPT),
-        (7, Verdict.BEYOND_ASYNC),
-        (6, Verdict.BEYOND_ASYNC),
-        (5, Verdict.STALE),
-        (0, Verdict.STALE),
-    ],
-)
-def test_judge_batch_10_k2_off3(first: int, verdict: Verdict) -> None:
-    # batch 10, k=1: weights >= 8 allowed; max_off_policy_steps=3: weights < 6 are stale
-    assert judge(first, 10, 1, 3) is verdict
-
-
-def test_judge_group_uses_oldest_sample() -> None:
-    assert judge_group([9, 8, 9], 10, 1, 1) is Verdict.ACCEPT
-    assert judge_group([9, 7, 9], 10, 1, 1) is Verdict.STALE
-    assert off_policy_lag(7, 10) == 2
+def test_off_policy_lag() -> None:
+    assert off_policy_lag(7, 10) == 2 and off_policy_lag(9, 10) == 0
 
 
 # ------------------------------------------------------------------------------------------------ pools
@@ -216,6 +201,27 @@ def test_a_run_of_groups_without_signal_is_warned_about(
     fresh = [_result(1.0, first=4), _result(0.0, first=4)]
     assert orch.keep(Finished("k", 5, draw, fresh), finalize_group("k", "e", "t", fresh)) is not None
     assert orch.degenerate_streak == 0
+
+
+@pytest.mark.parametrize("mode", ["keep", "mask", "zero"])
+def test_truncated_zero_sets_rewards_to_0_before_advantages(tmp_path: Path, mode: str) -> None:
+    orch = _orchestrator(tmp_path, max_async_level=1, truncated=mode)
+    orch.planner = BatchPlanner(first=5, last=5, groups_per_batch=2)
+    orch.slots, orch.changed = asyncio.Semaphore(0), asyncio.Event()
+    results = [_result(1.0, correct=True), _result(1.0, correct=True), _result(0.0), _result(0.5)]
+    results[0].truncated = results[3].truncated = True
+    orch.planner.start(5)
+    orch.absorb(Finished("g1", 5, Draw("coin-flip", 1, _tasks(4)[1], "normal"), results))
+    (kept,) = orch.planner.accepted[5]
+    rewards = [s.reward for s in kept.outcome.samples]
+    expected = [0.0, 1.0, 0.0, 0.0] if mode == "zero" else [1.0, 1.0, 0.0, 0.5]
+    assert rewards == expected and kept.rewards == expected
+    assert [s.truncated for s in kept.outcome.samples] == [True, False, False, True]
+    mean = sum(expected) / 4
+    std = (sum((r - mean) ** 2 for r in expected) / 4) ** 0.5
+    advantages = [s.advantage for s in kept.outcome.samples]
+    assert advantages == pytest.approx([(r - mean) / std for r in expected])
+    assert kept.outcome.solve_rate == 0.5  # correctness is left alone: the pools still see what was solved
 
 
 # ------------------------------------------------------------------------------------------------ writer

@@ -2,16 +2,19 @@
 
 Tasks: ``refill`` (producer: keeps ``prompts_per_step x (1 + max_async_level)`` groups in flight and starts a
 new group the moment one is absorbed), ``weights`` (waits in a worker thread, polling every ~2 ms, for the next
-weights/step_N/STABLE, pushes new weights to every server while requests are in flight, queues online evals),
-``evals`` (runs them), and one short task per group.
-The main loop absorbs finished groups into the batch they were generated for and hands complete batches over.
+weights/step_N/STABLE, pushes new weights to every server while requests are in flight, queues online evals on
+an unbounded queue: an eval waits for the ones before it, none is dropped), ``evals`` (runs them, in order), and
+one short task per group.
+The main loop absorbs finished groups into the batch they were generated for (judged by ``bound``: beyond the
+async bound or spanning too many updates, dropped and rescheduled) and hands complete batches over, each with the
+orchestrator's state (``state``: pools, counters, sampler). A run that resumes after batch N restores the state
+saved with it; the groups that were in flight then are drawn again first.
 A background task that returns or raises stops the run (``Supervisor.watch``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import random
@@ -29,7 +32,15 @@ from intellect.rl.orchestrator.client import InferenceClient
 from intellect.rl.orchestrator.evals import EvalResult, eval_items, run_eval
 from intellect.rl.orchestrator.planner import BatchPlanner
 from intellect.rl.orchestrator.pools import DifficultyPools, Draw, TaskSampler
-from intellect.rl.orchestrator.rollout import GroupOutcome, Roller, SampleResult, Sampling, finalize_group
+from intellect.rl.orchestrator.rollout import (
+    GroupOutcome,
+    Roller,
+    SampleResult,
+    Sampling,
+    finalize_group,
+    zero_truncated,
+)
+from intellect.rl.orchestrator.state import OrchestratorState, rng_state, rng_tuple
 from intellect.rl.orchestrator.telemetry import Counts, Telemetry, progress_line, step_record
 
 if TYPE_CHECKING:
@@ -54,6 +65,7 @@ class Finished:
 
 @dataclass
 class Kept:
+    gid: str
     outcome: GroupOutcome
     rewards: list[float]
 
@@ -127,6 +139,7 @@ class Orchestrator:
         self.closing = threading.Event()  # stops the worker threads that poll the run directory
         self.pending_eval: float | None = None
         self.groups: set[asyncio.Task[None]] = set()
+        self.open_draws: dict[str, Draw] = {}  # groups started and in no batch written yet, in start order
         self.telemetry = Telemetry()
         self.bound_port: int | None = None
         self.control_rng = random.Random(recipe.model.seed)
@@ -188,7 +201,10 @@ class Orchestrator:
         self.roller = Roller(
             self.client, tok, Sampling(m.max_new_tokens, m.max_seq_len, self.alg.temperature)
         )
-        self.eval_roller = Roller(self.client, tok, Sampling(m.max_new_tokens, m.max_seq_len, 0.0))
+        # evals sample at the rollouts' settings (greedy ones pass temperature 0); own counters and timings
+        self.eval_roller = Roller(
+            self.client, tok, Sampling(m.max_new_tokens, m.max_seq_len, self.alg.temperature)
+        )
         first = await asyncio.to_thread(layout.last_complete_rollouts, self.run_dir) + 1
         self.first_batch = first
         self.prefix = f"b{first}"  # sample ids of this session: never those of a complete batch before
@@ -196,7 +212,8 @@ class Orchestrator:
         self.sampler = TaskSampler(train, self.pools, random.Random(f"{m.seed}:{first}"))
         self.planner: BatchPlanner[Kept] = BatchPlanner(first, self.steps, self.alg.prompts_per_step)
         self.results: asyncio.Queue[Finished] = asyncio.Queue(maxsize=self.slots_n)
-        self.eval_q: asyncio.Queue[int] = asyncio.Queue(maxsize=4)
+        # unbounded: a slow eval delays the next one, drops none (a put never blocks the weights task)
+        self.eval_q: asyncio.Queue[int] = asyncio.Queue()
         self.slots = asyncio.Semaphore(self.slots_n)
         self.changed = asyncio.Event()
         self.seq, self.last_time = 0, time.monotonic()
@@ -204,6 +221,43 @@ class Orchestrator:
             self.bound_port = self.telemetry.serve(self.metrics_port, self.metrics_addr)
         if first > 1:
             log.info("resuming after complete batch %d", first - 1)
+            await self.resume_state(first - 1)
+
+    async def resume_state(self, batch: int) -> None:
+        """Restore the pools, counters and sampler saved with complete batch ``batch``."""
+        data = await asyncio.to_thread(layout.read_orchestrator_state, self.run_dir, batch)
+        if data is None:
+            log.warning(
+                "batch %d has no orchestrator state: difficulty pools and counters start afresh", batch
+            )
+            return
+        where = str(layout.rollouts_dir(self.run_dir, batch) / layout.ORCHESTRATOR_STATE_FILE)
+        self.restore(OrchestratorState.from_json(data, where))
+
+    def restore(self, saved: OrchestratorState) -> None:
+        same = self.sampler.restore(saved.sampler)
+        changed = sorted(set(self.sampler.tasks) - set(same))
+        if changed:
+            log.warning(
+                "environments %s have another task count than when saved: their pools start afresh", changed
+            )
+        self.pools.restore(saved.pools, envs=same)
+        self.counts = Counts.from_json(saved.counts)
+        self.last_counts = copy.copy(self.counts)
+        self.roller.tokens = self.counts.tokens
+        self.seq = saved.seq
+        self.control_rng.setstate(rng_tuple(saved.control_rng))
+
+    def snapshot(self, batch: int) -> OrchestratorState:
+        """The state to save with ``batch``: the groups not in a written batch are to be drawn again."""
+        return OrchestratorState(
+            batch=batch,
+            seq=self.seq,
+            counts=self.counts.to_json(),
+            pools=self.pools.state(),
+            sampler=self.sampler.state(also_again=list(self.open_draws.values())),
+            control_rng=rng_state(self.control_rng.getstate()),
+        )
 
     async def close(self) -> None:
         self.closing.set()
@@ -266,6 +320,7 @@ class Orchestrator:
         self.seq += 1
         self.counts.groups_started += 1
         gid = f"{self.prefix}-g{self.seq}"
+        self.open_draws[gid] = draw
         task = asyncio.create_task(self.run_group(gid, target, draw), name=f"group-{gid}")
         self.groups.add(task)
         task.add_done_callback(self.groups.discard)
@@ -291,13 +346,18 @@ class Orchestrator:
         """Score bookkeeping of one finished group, then free its slot."""
         if item.error is not None:
             raise RunError(f"rollout group {item.gid} crashed: {item.error!r}") from item.error
+        if self.alg.truncated == "zero":
+            zero_truncated(item.results)
         if self.alg.shuffle_rewards:
             self.shuffle_rewards(item.results)
         outcome = finalize_group(item.gid, item.draw.env, item.draw.task.id, item.results)
         self.counts.failed += outcome.failed
         if outcome.solve_rate is not None:
             self.pools.record(item.draw.env, item.draw.index, outcome.solve_rate)
-        self.planner.finish(item.target, self.keep(item, outcome))
+        kept = self.keep(item, outcome)
+        if kept is None:
+            self.open_draws.pop(item.gid, None)
+        self.planner.finish(item.target, kept)
         self.slots.release()
         self.changed.set()
 
@@ -313,13 +373,21 @@ class Orchestrator:
         if outcome.all_failed:
             self.counts.failed_groups += 1
             return None
-        firsts = [s.weight_steps[0] for s in outcome.samples]
-        verdict = judge_group(firsts, item.target, self.alg.max_async_level, self.alg.max_off_policy_steps)
+        steps = [s.weight_steps for s in outcome.samples]
+        verdict = judge_group(steps, item.target, self.alg.max_async_level, self.alg.max_off_policy_steps)
         if verdict is not Verdict.ACCEPT:
-            self.counts.dropped_stale += 1
+            if verdict is Verdict.BEYOND_ASYNC:
+                self.counts.dropped_stale += 1
+            else:
+                self.counts.dropped_off_policy += 1
             self.sampler.reschedule(item.draw)
             log.info(
-                "group %s (weights %d) is %s for batch %d", item.gid, min(firsts), verdict.value, item.target
+                "group %s (weights %d..%d) is %s for batch %d",
+                item.gid,
+                min(f for f, _ in steps),
+                max(last for _, last in steps),
+                verdict.value,
+                item.target,
             )
             return None
         if outcome.degenerate:
@@ -335,17 +403,20 @@ class Orchestrator:
                 )
             return None
         self.degenerate_streak = 0
-        return Kept(outcome, [r.reward for r in item.results if not r.failed])
+        return Kept(item.gid, outcome, [r.reward for r in item.results if not r.failed])
 
     # ------------------------------------------------------------------------------------------ hand-over
 
     async def hand_over(self, step: int, kept: list[Kept]) -> None:
-        """Write rollouts/step_N (STABLE last), then the metrics line and the progress line."""
+        """Write rollouts/step_N and the state after it (STABLE last), then the metrics and progress lines."""
         samples = [s for g in kept for s in g.outcome.samples]
-        await asyncio.to_thread(layout.write_rollouts, self.run_dir, step, samples)
-        now = time.monotonic()
+        for group in kept:
+            self.open_draws.pop(group.gid, None)
         self.counts.tokens = self.roller.tokens
         delta, self.last_counts = self.counts.minus(self.last_counts), copy.copy(self.counts)
+        state = self.snapshot(step).to_json()  # on the event loop: nothing moves while it is taken
+        await asyncio.to_thread(layout.write_rollouts, self.run_dir, step, samples, state)
+        now = time.monotonic()
         rewards = [r for g in kept for r in g.rewards]
         solve = [g.outcome.solve_rate for g in kept if g.outcome.solve_rate is not None]
         record = step_record(step, samples, rewards, solve, delta, now - self.last_time, self.pools.counts())
@@ -359,12 +430,13 @@ class Orchestrator:
     # ------------------------------------------------------------------------------------------ evals
 
     def queue_evals(self, old: int, new: int) -> None:
+        """Ask for an eval at weights ``new`` when the update old -> new crossed a multiple of ``evals.every``
+        (weights that jumped several steps get one eval, at the newest; the final eval runs after the loop)."""
         every = self.recipe.evals.every
         if not self.eval_set or not every or new >= self.steps or old < 0:
             return
         if any(s % every == 0 for s in range(old + 1, new + 1)):
-            with contextlib.suppress(asyncio.QueueFull):
-                self.eval_q.put_nowait(new)
+            self.eval_q.put_nowait(new)  # unbounded: never full, never blocks the weights task
 
     async def eval_worker(self) -> None:
         while True:
@@ -377,13 +449,13 @@ class Orchestrator:
     async def evaluate(self, step: int) -> EvalResult | None:
         if not self.eval_set:
             return None
-        result = await run_eval(self.eval_roller, self.eval_set, step)
-        await asyncio.to_thread(layout.append_jsonl, self.metrics_path, result.record())
-        self.telemetry.eval.set(result.accuracy)
+        evals = self.recipe.evals
+        result = await run_eval(self.eval_roller, self.eval_set, step, k=evals.k, greedy=evals.greedy)
+        record = result.record()
+        await asyncio.to_thread(layout.append_jsonl, self.metrics_path, record)
+        self.telemetry.observe_eval(record)
         self.pending_eval = result.accuracy
-        print(
-            f"eval at weights {step}: accuracy {result.accuracy:.3f} ({result.samples} prompts)", flush=True
-        )
+        print(result.line(), flush=True)
         return result
 
     async def eval_before(self) -> None:

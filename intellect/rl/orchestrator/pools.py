@@ -2,18 +2,25 @@
 
 A task's solve rate is the fraction of correct rollouts in its most recent scored group (recent, because the
 policy moves). Above ``difficulty.easy_above`` the task is easy, below ``difficulty.hard_below`` hard, otherwise
-normal; tasks never seen count as normal. Prompts come mostly from the normal pool, with ``easy_fraction`` and
-``hard_fraction`` of the draws from the other two (when they are not empty). Environments are drawn by weight.
-Rescheduled tasks (stale rollouts) are drawn again first.
+normal; tasks never seen count as normal. Environments are drawn by weight; then ``easy_fraction`` of the draws
+come from the easy pool and ``hard_fraction`` from the hard pool, the rest from the normal pool. An empty easy or
+hard pool gives its share to the normal pool (never to the other one), so neither pool is drawn from more often
+than configured. Rescheduled tasks (dropped rollouts, groups in flight at a resume) are drawn again first.
+
+Both keep a JSON-able state (``state`` / ``restore``), saved with every batch (``intellect.rl.orchestrator.state``):
+the pools hold each seen task's pool, easy and hard in the order of their sets (a random choice depends on it);
+the sampler its RNG state and reschedule queue. Restored into fresh objects, they draw what the saved ones would.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from intellect.rl.orchestrator.state import rng_state, rng_tuple
 
 if TYPE_CHECKING:
     from intellect.recipe import Difficulty
@@ -52,6 +59,10 @@ class IndexedSet(Generic[T]):
 
     def choice(self, rng: random.Random) -> T:
         return self._items[rng.randrange(len(self._items))]
+
+    def items(self) -> list[T]:
+        """The members in their internal order (``choice`` depends on it; adding them in order rebuilds it)."""
+        return list(self._items)
 
 
 def classify(solve_rate: float, easy_above: float, hard_below: float) -> str:
@@ -96,12 +107,42 @@ class DifficultyPools:
         return out
 
     def pick_pool(self, env: str, rng: random.Random) -> str:
+        """easy with ``easy_fraction``, hard with ``hard_fraction`` (what is left when they add up past 1),
+        normal otherwise; an empty easy or hard pool's share goes to normal."""
         u = rng.random()
-        if u < self.cfg.easy_fraction and len(self.members(env, "easy")):
-            return "easy"
-        if u < self.cfg.easy_fraction + self.cfg.hard_fraction and len(self.members(env, "hard")):
-            return "hard"
+        if u < self.cfg.easy_fraction:
+            return "easy" if len(self.members(env, "easy")) else "normal"
+        if u < self.cfg.easy_fraction + self.cfg.hard_fraction:
+            return "hard" if len(self.members(env, "hard")) else "normal"
         return "normal"
+
+    def state(self) -> dict[str, dict[str, list[int]]]:
+        """``{env: {"easy": [...], "normal": [...], "hard": [...]}}``: every seen task's index under its pool,
+        easy and hard in their sets' order, normal ascending."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for (env, index), pool in self._pool.items():
+            out.setdefault(env, {p: [] for p in POOLS})
+            if pool == "normal":
+                out[env]["normal"].append(index)
+        for env, pools in out.items():
+            pools["normal"].sort()
+            for pool in ("easy", "hard"):
+                pools[pool] = self.members(env, pool).items()
+        return out
+
+    def restore(self, data: dict[str, dict[str, list[int]]], envs: Iterable[str] | None = None) -> None:
+        """Replace the pools with a saved ``state()`` (only the environments in ``envs``, when given)."""
+        keep = None if envs is None else set(envs)
+        self._pool.clear()
+        self._sets.clear()
+        for env, pools in data.items():
+            if keep is not None and env not in keep:
+                continue
+            for pool in POOLS:
+                for index in pools.get(pool, []):
+                    self._pool[(env, int(index))] = pool
+                    if pool != "normal":
+                        self.members(env, pool).add(int(index))
 
 
 @dataclass(frozen=True)
@@ -137,6 +178,28 @@ class TaskSampler:
 
     def reschedule(self, draw: Draw) -> None:
         self._again.append(draw)
+
+    def state(self, also_again: Sequence[Draw] = ()) -> dict[str, Any]:
+        """The RNG state, the reschedule queue followed by ``also_again`` (draws to make again after a resume),
+        and the task count per environment (to notice a data set that changed)."""
+        return {
+            "rng": rng_state(self.rng.getstate()),
+            "again": [[d.env, d.index, d.pool] for d in [*self._again, *also_again]],
+            "tasks": {name: len(tasks) for name, tasks in self.tasks.items()},
+        }
+
+    def restore(self, data: dict[str, Any]) -> list[str]:
+        """Take a saved ``state()``: the RNG state and the queue. Returns the environments whose saved task
+        count matches this session's (their pools are meaningful); queued draws of others are left out."""
+        self.rng.setstate(rng_tuple(data["rng"]))
+        counts = data.get("tasks", {})
+        same = [name for name, tasks in self.tasks.items() if counts.get(name) == len(tasks)]
+        self._again = deque(
+            Draw(env, int(index), self.tasks[env][int(index)], str(pool))
+            for env, index, pool in data.get("again", [])
+            if env in same
+        )
+        return same
 
     def next(self) -> Draw:
         if self._again:

@@ -239,6 +239,15 @@ class GroupOutcome:
     solve_rate: float | None
 
 
+def zero_truncated(results: Sequence[SampleResult]) -> None:
+    """``algorithm.truncated: zero``: a scored sample that hit the token budget gets reward 0, before the group's
+    advantages are computed (its ``correct``, which the difficulty pools read, is left alone). "keep" and "mask"
+    leave rewards as scored (the trainer masks truncated samples under "mask")."""
+    for r in results:
+        if r.truncated and not r.failed:
+            r.reward = 0.0
+
+
 def finalize_group(
     group_id: str, env: str, task_id: str, results: Sequence[SampleResult], normalize_std: bool = True
 ) -> GroupOutcome:

@@ -25,6 +25,7 @@ def summarize(
         "eval_after": eval_after,
         "evals": [[r["step"], r["eval_accuracy"]] for r in evals],
         "dropped_stale": sum(int(r.get("dropped_stale", 0)) for r in ordered),
+        "dropped_off_policy": sum(int(r.get("dropped_off_policy", 0)) for r in ordered),
         "dropped_zero_adv": sum(int(r.get("dropped_zero_adv", 0)) for r in ordered),
         "failed": sum(int(r.get("failed", 0)) for r in ordered),
         "wall_time": round(wall_time, 3),

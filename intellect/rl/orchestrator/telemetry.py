@@ -17,9 +17,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Counts:
-    """Cumulative counters of the orchestrator (a step record holds their change since the last one)."""
+    """Cumulative counters of the orchestrator (a step record holds their change since the last one).
+
+    ``dropped_stale`` counts groups beyond the async bound (``bound.Verdict.BEYOND_ASYNC``),
+    ``dropped_off_policy`` groups spanning more than max_off_policy_steps updates (``Verdict.OFF_POLICY``).
+    """
 
     dropped_stale: int = 0
+    dropped_off_policy: int = 0
     dropped_zero_adv: int = 0
     failed: int = 0
     failed_groups: int = 0
@@ -28,6 +33,14 @@ class Counts:
 
     def minus(self, other: Counts) -> Counts:
         return Counts(*(a - b for a, b in zip(self.__dict__.values(), other.__dict__.values(), strict=True)))
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, int]) -> Counts:
+        """Counters saved by ``to_json`` (ones a state lacks start at 0; unknown ones are ignored)."""
+        return cls(**{k: int(data.get(k, 0)) for k in cls.__dataclass_fields__})
 
 
 def step_record(
@@ -60,7 +73,9 @@ def step_record(
         "tokens_per_s": delta.tokens / seconds if seconds > 0 else 0.0,
         "step_seconds": round(seconds, 4),
         "dropped_stale": delta.dropped_stale,
+        "dropped_off_policy": delta.dropped_off_policy,
         "dropped_zero_adv": delta.dropped_zero_adv,
+        "truncated": sum(s.truncated for s in samples),
         "failed": delta.failed,
         "failed_groups": delta.failed_groups,
         "groups_started": delta.groups_started,
@@ -73,7 +88,8 @@ def progress_line(record: dict[str, Any], steps: int) -> str:
         f"step {record['step']}/{steps}  reward {record['reward_mean']:.3f}  solve {record['solve_rate']:.2f}  "
         f"lag {record['off_policy_lag_mean']:.2f}/{record['off_policy_lag_max']}  "
         f"tok/s {record['tokens_per_s']:.0f}  dropped stale {record['dropped_stale']} "
-        f"zero-adv {record['dropped_zero_adv']}  failed {record['failed']}"
+        f"off-policy {record['dropped_off_policy']} zero-adv {record['dropped_zero_adv']}  "
+        f"failed {record['failed']}"
     )
     if "eval_accuracy" in record:
         line += f"  eval {record['eval_accuracy']:.3f}"
@@ -93,7 +109,14 @@ class Telemetry:
         self.tps = Gauge(p + "tokens_per_second", "Sampled completion tokens per second.", registry=r)
         self.inflight = Gauge(p + "groups_in_flight", "Rollout groups being generated.", registry=r)
         self.pool = Gauge(p + "pool_tasks", "Tasks seen per difficulty pool.", ["pool"], registry=r)
-        self.eval = Gauge(p + "eval_accuracy", "Accuracy of the last online eval.", registry=r)
+        self.eval = Gauge(
+            p + "eval_accuracy",
+            "Headline accuracy of the last online eval (greedy when asked, else avg@k).",
+            registry=r,
+        )
+        self.eval_k = Gauge(
+            p + "eval_at_k", "avg@k and pass@k of the last online eval.", ["stat"], registry=r
+        )
         self.dropped = Counter(p + "dropped_groups", "Groups dropped.", ["reason"], registry=r)
         self.failed = Counter(p + "failed_samples", "Samples failed (inference or rubric).", registry=r)
         self._server: Any = None
@@ -121,5 +144,11 @@ class Telemetry:
         for pool, n in record["pools"].items():
             self.pool.labels(pool).set(n)
         self.dropped.labels("stale").inc(record["dropped_stale"])
+        self.dropped.labels("off_policy").inc(record["dropped_off_policy"])
         self.dropped.labels("zero_adv").inc(record["dropped_zero_adv"])
         self.failed.inc(record["failed"])
+
+    def observe_eval(self, record: dict[str, Any]) -> None:
+        self.eval.set(record["eval_accuracy"])
+        self.eval_k.labels("avg").set(record["eval_avg_at_k"])
+        self.eval_k.labels("pass").set(record["eval_pass_at_k"])
