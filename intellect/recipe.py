@@ -97,7 +97,10 @@ class Model(Strict):
     tiny: TinyModel | None = Field(None, description="Shape of the offline tiny model (CPU runs).")
     max_seq_len: int = Field(..., ge=16, description="Longest sequence (prompt + completion) in tokens.")
     max_new_tokens: int = Field(..., ge=1, description="Most tokens generated per turn.")
-    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Training and serving dtype.")
+    dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16",
+        description="Compute and serving dtype; the trainer keeps float32 master weights and optimizer state.",
+    )
     seed: int = Field(0, description="Seed for weights built from config and for sampling.")
 
 

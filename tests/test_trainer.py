@@ -41,17 +41,18 @@ from intellect.rl.trainer.data import (
     rollouts_dir,
     wait_for_rollouts,
 )
-from intellect.rl.trainer.metrics import TrainerMetrics
+from intellect.rl.trainer.metrics import TrainerMetrics, describe
 from intellect.rl.trainer.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOK = CharTokenizer()
 
 
-def make_recipe(run_dir: Path, **algorithm: Any) -> Recipe:
+def make_recipe(run_dir: Path, dtype: str = "float32", **algorithm: Any) -> Recipe:
     """debug-cpu, shrunk: a 2-layer model, 4 RL steps, checkpoints every 2, no warm-up unless asked."""
     data = yaml.safe_load((ROOT / "recipes" / "debug-cpu.yaml").read_text())
     data["run_dir"] = str(run_dir)
+    data["model"]["dtype"] = dtype
     data["model"]["tiny"] = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                              "num_attention_heads": 2}  # fmt: skip
     pretrain = algorithm.pop("pretrain", {"steps": 0})
@@ -193,13 +194,15 @@ def test_steps_write_weights_checkpoints_and_metrics(tmp_path: Path) -> None:
     rows = metric_lines(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     keys = {"role", "step", "loss", "masked_frac", "masked_low_frac", "masked_high_frac", "grad_norm", "lr",
-            "tokens", "step_time", "wait_time", "reward_mean", "micro_batches", "rollout_age"}  # fmt: skip
+            "tokens", "step_time", "wait_time", "reward_mean", "micro_batches", "rollout_age", "masked_seq_frac",
+            "kl", "truncated_masked"}  # fmt: skip
     for row in rows:
         assert keys <= set(row) and row["role"] == "trainer"
         assert 0.0 <= row["masked_frac"] <= 1.0
         assert row["masked_frac"] == pytest.approx(row["masked_low_frac"] + row["masked_high_frac"])
         assert row["tokens"] == sum(len(s["completion_ids"]) for s in rollout_samples(row["step"]))
         assert row["lr"] == recipe.algorithm.learning_rate and row["grad_norm"] > 0
+        assert row["kl"] is None and row["masked_seq_frac"] == 0.0 and row["truncated_masked"] == 0  # all off
     assert 0 < rows[0]["masked_frac"] < 1  # the noisy old logprobs put some ratios outside [0.5, 5]
 
 
@@ -219,6 +222,104 @@ def test_incomplete_rollouts_are_not_read(tmp_path: Path) -> None:
     assert 30 <= record["rollout_age"] < 60
     trainer.report(record)
     assert trainer.metrics.rollout_age_seconds._value.get() == record["rollout_age"]
+
+
+def write_samples(run_dir: Path, step: int, samples: Sequence[dict[str, Any]]) -> None:
+    write_rollouts(run_dir, step, text="".join(json.dumps(s) + "\n" for s in samples))
+
+
+def one_step(
+    run_dir: Path, samples: Sequence[dict[str, Any]], **algorithm: Any
+) -> tuple[Trainer, dict[str, Any]]:
+    """A fresh trainer's first step (one pass) on ``samples``: the trainer and the step's record."""
+    trainer = Trainer(make_recipe(run_dir, micro_batch_tokens=0, **algorithm), envs=lambda: [],
+                      metrics=TrainerMetrics())  # fmt: skip
+    write_samples(run_dir, 1, samples)
+    return trainer, trainer.train_step(1)
+
+
+def assert_same_gradients(a: Trainer, b: Trainer) -> None:
+    """The (clipped) gradients the two trainers' last steps applied, equal up to float32 rounding. Not the weights:
+    AdamW's first step moves every weight by about lr whatever its gradient's size, so a rounding-level
+    gradient near 0 can flip to a full-size difference."""
+    ga = {k: p.grad for k, p in a.model.named_parameters()}
+    gb = {k: p.grad for k, p in b.model.named_parameters()}
+    assert all(g is not None for g in ga.values()) and any(g.abs().sum() > 0 for g in ga.values())
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_sequence_mask_drops_whole_samples(tmp_path: Path) -> None:
+    """A sample with one token far below sequence_low trains as if its advantage were 0: no gradient, and its
+    tokens still count in the normaliser."""
+    samples = rollout_samples(1)
+    for sample in samples[::4]:  # old logprob 0: ratio = p(token) ~ 1/90 under the fresh model
+        sample["completion_logprobs"][0] = 0.0
+    zeroed = [dict(s, advantage=0.0) if i % 4 == 0 else s for i, s in enumerate(samples)]
+    masks = {"low": 0.05, "high": 20.0}  # the noisy old logprobs stay inside [0.05, 20]: no token is masked
+    sequence = masks | {"sequence_low": 0.1, "sequence_high": 30}
+    masked, rec = one_step(tmp_path / "masked", samples, masks=sequence)
+    plain, ref = one_step(tmp_path / "zeroed", zeroed, masks=masks)
+    assert rec["masked_seq_frac"] == 4 / 16 and ref["masked_seq_frac"] == 0.0
+    assert rec["masked_frac"] == ref["masked_frac"] == 4 / rec["tokens"]  # the four ratios below 0.05
+    assert rec["tokens"] == ref["tokens"] == sum(len(s["completion_ids"]) for s in samples)
+    assert rec["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    assert_same_gradients(masked, plain)
+    assert "seq-masked 25.00%" in describe(rec, 4)
+
+
+def test_truncated_samples_masked_train_as_if_absent(tmp_path: Path) -> None:
+    samples = [dict(s, truncated=i % 5 == 0) for i, s in enumerate(rollout_samples(1))]  # 4 of 16
+    kept = [s for s in samples if not s["truncated"]]
+    masked, rec = one_step(tmp_path / "masked", samples, truncated="mask")
+    absent, ref = one_step(tmp_path / "absent", kept)
+    assert rec["truncated_masked"] == 4 and ref["truncated_masked"] == 0
+    tokens = [sum(len(s["completion_ids"]) for s in batch) for batch in (kept, samples)]
+    assert rec["tokens"] == ref["tokens"] == tokens[0]  # the truncated samples left the normaliser
+    assert rec["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    assert_same_gradients(masked, absent)
+    assert "truncated-masked 4" in describe(rec, 4)
+    # "zero" is the orchestrator's (rewards zeroed before advantages): the trainer keeps the samples
+    for mode in ("keep", "zero"):
+        _, rec = one_step(tmp_path / mode, samples, truncated=mode)
+        assert rec["truncated_masked"] == 0 and rec["tokens"] == tokens[1]
+
+
+def test_kl_term_adds_its_weighted_mean_to_the_loss(tmp_path: Path) -> None:
+    samples = rollout_samples(1)
+    _, off = one_step(tmp_path / "off", samples)
+    _, on = one_step(tmp_path / "on", samples, kl_coef=0.5)
+    assert off["kl"] is None and on["kl"] > 0.01  # old logprobs ~ N(-4.5, 0.6) against the fresh model's
+    assert on["loss"] == pytest.approx(off["loss"] + 0.5 * on["kl"], rel=1e-6)
+    assert f"kl {on['kl']:.5f}" in describe(on, 4) and " kl " not in describe(off, 4)
+
+
+def test_lr_schedule_per_step_and_after_resume(tmp_path: Path) -> None:
+    algorithm: dict[str, Any] = {"lr_schedule": {"kind": "cosine", "warmup_steps": 1, "min_lr_ratio": 0.1}}
+    full = Trainer(make_recipe(tmp_path / "full", **algorithm), envs=lambda: [], metrics=TrainerMetrics())
+    for step in range(1, 5):
+        write_rollouts(tmp_path / "full", step)
+    full.run()
+    peak = full.alg.learning_rate
+    # step 1 ends the warm-up at the peak; then p = 1/3, 2/3, 1: 0.1 + 0.9 (1 + cos(pi p)) / 2
+    expected = [peak, 0.775 * peak, 0.325 * peak, 0.1 * peak]
+    assert [r["lr"] for r in metric_lines(tmp_path / "full")] == pytest.approx(expected, rel=1e-12)
+    assert full.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * peak, rel=1e-12)  # AdamW stepped at it
+    # stopped after the checkpoint of step 2, resumed: step 3 at its own lr, the same weights as the full run
+    run_dir = tmp_path / "resumed"
+    first = Trainer(make_recipe(run_dir, **algorithm), envs=lambda: [], metrics=TrainerMetrics())
+    first.warmup()
+    for step in (1, 2):
+        write_rollouts(run_dir, step)
+        first.train_step(step)
+    first.checkpoint(2)
+    again = Trainer(make_recipe(run_dir, **algorithm), envs=lambda: [], metrics=TrainerMetrics())
+    assert again.load() and again.step == 2
+    write_rollouts(run_dir, 3)
+    assert again.train_step(3)["lr"] == pytest.approx(expected[2], rel=1e-12)
+    reference = load_weights(tmp_path / "full" / "weights" / "step_3")
+    for name, tensor in again.model.state_dict().items():
+        assert tensor.equal(reference[name]), name
 
 
 def test_a_hugging_face_folder_trains_as_the_tiny_model_does(tmp_path: Path) -> None:

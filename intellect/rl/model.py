@@ -9,6 +9,7 @@ On the CPU path the model is a tiny Llama built from config with a character tok
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,21 +27,29 @@ __all__ = [
     "WEIGHTS_FILE",
     "build_model",
     "forward_logprobs",
+    "torch_dtype",
     "is_stable",
     "load_weights",
     "save_weights",
 ]
 
 
-def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a recipe's ``model.dtype`` ("bfloat16" or "float32")."""
+    return torch.float32 if name == "float32" else torch.bfloat16
+
+
+def build_model(cfg: ModelConfig, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, Any]:
     """Build the policy and its tokenizer from the recipe's model section: the tiny model from config (offline,
     with ``CharTokenizer``), or any other name as a Hugging Face checkpoint (a local folder or a hub id) with
-    its own tokenizer, in the recipe's dtype. The tokenizer has ``encode(text, bos)``, ``decode``,
-    ``pad_token_id`` and ``eos_token_id`` either way."""
+    its own tokenizer, in the recipe's dtype (inference) or in ``dtype`` (the trainer's float32 master
+    weights). The tokenizer has ``encode(text, bos)``, ``decode``, ``pad_token_id`` and ``eos_token_id``
+    either way."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    dtype = torch_dtype(cfg.dtype) if dtype is None else dtype
     if cfg.name != TINY_NAME:
-        return _pretrained(cfg)
+        return _pretrained(cfg, dtype)
     if cfg.tiny is None:
         raise ValueError(f"model.name {TINY_NAME!r} needs a model.tiny section (its shape)")
     tok = CharTokenizer()
@@ -59,7 +68,7 @@ def build_model(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
     )
     torch.manual_seed(cfg.seed)
     model: torch.nn.Module = LlamaForCausalLM(config)
-    model = model.to(torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
+    model = model.to(dtype)  # built in float32 either way: a bf16 model is the rounded float32 one
     return model, tok
 
 
@@ -83,12 +92,11 @@ def save_pretrained_folder(model: torch.nn.Module, directory: str | Path) -> Pat
     return path
 
 
-def _pretrained(cfg: ModelConfig) -> tuple[torch.nn.Module, Any]:
+def _pretrained(cfg: ModelConfig, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoModelForCausalLM
 
     from intellect.rl.orchestrator.tokens import HFTokenizer
 
-    dtype = torch.float32 if cfg.dtype == "float32" else torch.bfloat16
     try:
         model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(cfg.name, dtype=dtype)
         tok = HFTokenizer(cfg.name)
@@ -105,14 +113,20 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def forward_logits(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=positions(attention_mask),
-        use_cache=False,  # training: no KV cache to build and drop
-    )
+    """Logits in float32. ``params`` (name -> tensor) stand in for the model's own parameters in this call
+    (``torch.func.functional_call``; the trainer passes its float32 masters cast to the compute dtype)."""
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": positions(attention_mask),
+        "use_cache": False,  # training: no KV cache to build and drop
+    }
+    out = model(**inputs) if params is None else torch.func.functional_call(model, dict(params), (), inputs)
     return out.logits.float()
 
 
@@ -137,10 +151,14 @@ def _cache_arg(cls: type[torch.nn.Module]) -> str:
 
 
 def forward_logprobs(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float = 1.0,
+    params: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Logprob of token t given tokens < t, for t >= 1: shape [B, T-1]."""
-    logits = forward_logits(model, input_ids, attention_mask)[:, :-1] / temperature
+    """Logprob of token t given tokens < t, for t >= 1: shape [B, T-1] (``params`` as in ``forward_logits``)."""
+    logits = forward_logits(model, input_ids, attention_mask, params)[:, :-1] / temperature
     logp = F.log_softmax(logits, dim=-1)
     return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 

@@ -1,9 +1,10 @@
 """Trainer checkpoints and step-folder housekeeping in the run directory.
 
-A checkpoint is ``checkpoints/step_N/`` holding ``model.safetensors`` (full weights), ``optimizer.pt`` (full
-optimizer state keyed by parameter name, plus the torch RNG state) and ``trainer_state.json`` (the step and
-the data position). Everything is written into ``step_N.tmp``, renamed into place, and STABLE is written last:
-a folder without STABLE is not a checkpoint, whatever else it holds.
+A checkpoint is ``checkpoints/step_N/`` holding ``model.safetensors`` (the full float32 master weights, whatever
+``model.dtype`` says), ``optimizer.pt`` (full optimizer state keyed by parameter name, plus the torch RNG
+state) and ``trainer_state.json`` (the step and the data position). Everything is written into ``step_N.tmp``,
+renamed into place, and STABLE is written last: a folder without STABLE is not a checkpoint, whatever else it
+holds.
 """
 
 from __future__ import annotations

@@ -28,19 +28,24 @@ __all__ = ["Batch", "RolloutSample", "read_rollouts", "rollouts_dir", "wait_for_
 
 @dataclass
 class Batch:
-    """Right-padded tensors of prompt + completion; ``advantages`` has one value per sample."""
+    """Right-padded tensors of prompt + completion; ``advantages`` and ``truncated`` (bool: the completion hit
+    the token budget) have one value per sample."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
     old_logprobs: torch.Tensor
     advantages: torch.Tensor
+    truncated: torch.Tensor
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device) for t in self.tensors()))
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.input_ids, self.attention_mask, self.loss_mask, self.old_logprobs, self.advantages)
+        return (
+            self.input_ids, self.attention_mask, self.loss_mask, self.old_logprobs, self.advantages,
+            self.truncated,
+        )  # fmt: skip
 
     @property
     def tokens(self) -> int:
@@ -121,9 +126,11 @@ def micro_batches(samples: Sequence[RolloutSample], token_budget: int) -> list[l
     return parts
 
 
-def loss_tokens(samples: Sequence[RolloutSample]) -> int:
-    """Completion tokens that carry loss (the ``completion_mask`` ones): the loss's normaliser."""
-    return sum(s.loss_tokens for s in samples)
+def loss_tokens(samples: Sequence[RolloutSample], skip_truncated: bool = False) -> int:
+    """Completion tokens that carry loss (the ``completion_mask`` ones): the loss's normaliser. With
+    ``skip_truncated`` (``algorithm.truncated`` "mask") truncated samples count none: their loss mask is zeroed
+    before the loss (``loss.drop_samples``)."""
+    return sum(s.loss_tokens for s in samples if not (skip_truncated and s.truncated))
 
 
 def build_rl_batch(samples: Sequence[RolloutSample], pad_id: int) -> Batch:
@@ -140,10 +147,14 @@ def build_rl_batch(samples: Sequence[RolloutSample], pad_id: int) -> Batch:
         mask = [0] * (len(prompt) - 1) + [int(m) for m in s.completion_mask]
         old = [0.0] * (len(prompt) - 1) + [float(x) for x in s.completion_logprobs]
         rows.append((prompt + completion, mask, old, float(s.advantage)))
-    return _pad(rows, pad_id)
+    return _pad(rows, pad_id, [s.truncated for s in samples])
 
 
-def _pad(rows: Sequence[tuple[list[int], list[int], list[float], float]], pad_id: int) -> Batch:
+def _pad(
+    rows: Sequence[tuple[list[int], list[int], list[float], float]],
+    pad_id: int,
+    truncated: Sequence[bool] | None = None,
+) -> Batch:
     width = max(len(ids) for ids, *_ in rows)
     n = len(rows)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -156,7 +167,8 @@ def _pad(rows: Sequence[tuple[list[int], list[int], list[float], float]], pad_id
         loss_mask[i, : len(mask)] = torch.tensor(mask, dtype=torch.long)
         old[i, : len(old_lp)] = torch.tensor(old_lp, dtype=torch.float32)
     advantages = torch.tensor([adv for *_, adv in rows], dtype=torch.float32)
-    return Batch(input_ids, attention, loss_mask, old, advantages)
+    flags = torch.tensor(list(truncated) if truncated is not None else [False] * n, dtype=torch.bool)
+    return Batch(input_ids, attention, loss_mask, old, advantages, flags)
 
 
 def batch_stats(samples: Sequence[RolloutSample]) -> dict[str, float]:

@@ -92,14 +92,16 @@ def shutdown_distributed(clean: bool) -> None:
         dist.destroy_process_group()
 
 
-def shard_model(model: torch.nn.Module) -> None:
-    """FSDP2: shard each decoder layer, then the root (embeddings, norm, head)."""
-    from torch.distributed.fsdp import fully_shard
+def shard_model(model: torch.nn.Module, mp_policy: Any | None = None) -> None:
+    """FSDP2: shard each decoder layer, then the root (embeddings, norm, head), under ``mp_policy`` (a
+    ``MixedPrecisionPolicy``; ``intellect.rl.trainer.precision``)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = mp_policy if mp_policy is not None else MixedPrecisionPolicy()
     layers = getattr(getattr(model, "model", None), "layers", None)
     for layer in layers or []:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
 
 
 def _options(**kw: Any) -> Any:

@@ -25,7 +25,13 @@ class TrainerMetrics:
             "Share of loss tokens masked by the importance ratio.",
             registry=r,
         )
+        self.masked_seq_frac = Gauge(
+            "intellect_trainer_masked_seq_frac",
+            "Share of the last batch's samples dropped whole by the sequence-level importance mask.",
+            registry=r,
+        )
         self.grad_norm = Gauge("intellect_trainer_grad_norm", "Gradient norm before clipping.", registry=r)
+        self.lr = Gauge("intellect_trainer_lr", "Learning rate of the last step.", registry=r)
         self.reward_mean = Gauge(
             "intellect_trainer_reward_mean", "Mean reward of the last batch.", registry=r
         )
@@ -72,7 +78,9 @@ class TrainerMetrics:
         self.step.set(record["step"])
         self.loss.set(record["loss"])
         self.masked_frac.set(record["masked_frac"])
+        self.masked_seq_frac.set(record["masked_seq_frac"])
         self.grad_norm.set(record["grad_norm"])
+        self.lr.set(record["lr"])
         self.reward_mean.set(record["reward_mean"])
         self.step_seconds.set(record["step_time"])
         self.wait_seconds.set(record["wait_time"])
@@ -81,10 +89,13 @@ class TrainerMetrics:
 
 
 def describe(record: dict[str, Any], total: int) -> str:
-    """The readable one-line summary of a step, for stdout."""
+    """The readable one-line summary of a step, for stdout (the KL and the masked truncated samples when on)."""
+    kl = f" kl {record['kl']:.5f}" if record.get("kl") is not None else ""
+    cut = f" truncated-masked {record['truncated_masked']}" if record.get("truncated_masked") else ""
     return (
         f"step {record['step']}/{total} loss {record['loss']:+.4f} reward {record['reward_mean']:.3f} "
         f"masked {100 * record['masked_frac']:.2f}% (low {100 * record['masked_low_frac']:.2f}%, "
-        f"high {100 * record['masked_high_frac']:.2f}%) grad {record['grad_norm']:.3f} "
+        f"high {100 * record['masked_high_frac']:.2f}%) seq-masked {100 * record['masked_seq_frac']:.2f}%"
+        f"{kl}{cut} grad {record['grad_norm']:.3f} lr {record['lr']:.3g} "
         f"tokens {record['tokens']} wait {record['wait_time']:.2f}s step {record['step_time']:.2f}s"
     )

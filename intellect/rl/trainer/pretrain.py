@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from intellect.rl.model import forward_logprobs
 from intellect.rl.trainer.data import WarmupSampler, build_sft_batch, rank_slice
 from intellect.rl.trainer.distributed import DistInfo, all_reduce_sum
 from intellect.rl.trainer.loss import masked_nll
+from intellect.rl.trainer.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,16 @@ def supervised_warmup(
     max_grad_norm: float,
     info: DistInfo,
     device: torch.device,
+    precision: Precision | None = None,
     log_every: int = 25,
 ) -> WarmupResult:
     """Run ``steps`` AdamW steps of next-token loss on reference completions; return the last loss.
 
     Every rank draws the same batch (same sampler state) and trains on its slice; the loss is normalised by the
-    global token count, so the ranks together compute the single-process gradient.
+    global token count, so the ranks together compute the single-process gradient. The forward and backward
+    passes run in ``precision``'s compute dtype, the AdamW steps on the float32 masters (as the RL steps do).
     """
+    precision = precision or Precision()
     optim = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     start = time.monotonic()
     loss_value, tokens = 0.0, 0
@@ -57,7 +60,7 @@ def supervised_warmup(
         local = build_sft_batch(pairs[rank_slice(len(pairs), info.rank, info.world_size)], tokenizer)
         batch = local.to(device)
         global_tokens = full.tokens
-        logp = forward_logprobs(model, batch.input_ids, batch.attention_mask)
+        logp = precision.logprobs(model, batch.input_ids, batch.attention_mask)
         loss = masked_nll(logp, batch.loss_mask, normalizer=global_tokens)
         optim.zero_grad(set_to_none=True)
         (loss * info.world_size).backward()  # FSDP averages gradients over ranks; undo it
