@@ -260,7 +260,8 @@ def test_resume_restores_pools_counters_and_redraws_groups_in_flight(tmp_path: P
         orch = orchestrator(make_recipe(tmp_path, steps=5, every=0), cluster)
         run = asyncio.create_task(orch.run())
         await fake_trainer(tmp_path, 1)  # weights 0 and 1: batches 1..3 can be made, batch 4 cannot
-        while not (layout.rollouts_dir(tmp_path, 3) / layout.STABLE).exists():
+        # batch 3 and its metrics line (written just after it: a stop in between loses the line, not the batch)
+        while not any(r.get("step") == 3 and r["kind"] == "step" for r in read_metrics(tmp_path)):
             await asyncio.sleep(0.005)
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
