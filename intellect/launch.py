@@ -76,9 +76,20 @@ def gated_prepare(
     from intellect.health.gate import run_gate
 
     prep = prepare(recipe_path, run_dir)
+    health = prep.recipe.cluster.health
+    ignored = None
+    if prometheus_url and not (health_gate and health.gate):
+        off = "--no-health-gate" if not health_gate else f"{recipe_path}: cluster.health.gate is false"
+        ignored = f"--prometheus / INTELLECT_PROMETHEUS_URL is ignored: the health gate is off ({off})"
+    if health_gate and health.gate and not (prometheus_url or health.prometheus_url):
+        from intellect.site import load_site
+
+        prometheus_url = load_site().prometheus_url  # a provisioned node knows its Prometheus
     gate = run_gate(prep.recipe, prometheus_url, enabled=health_gate, strict=strict)
     if gate.exclude:
         prep = _replan(prep, gate.exclude, gate.reasons)
+    if ignored:
+        prep.warnings.append(ignored)
     return prep, gate
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from intellect.cli.output import emit_json, status_console
+from intellect.cli.output import emit_json, status_console, verbatim
 
 
 @click.command("launch")
@@ -68,7 +68,7 @@ def launch_cmd(
             )
             return
         if gate.status not in ("passed", "disabled"):
-            status_console().print(f"[yellow]warning:[/] {gate.message}")
+            status_console().print(f"[yellow]warning:[/] {verbatim(gate.message)}")
         _print_plan(prep.plan)
         click.echo(prep.script, nl=False)
         return
@@ -83,7 +83,7 @@ def launch_cmd(
     _warn(prep.warnings)
     con = status_console()
     con.print(f"[bold]submitted[/] job [cyan]{sub.job_id}[/] ({sub.executor} executor)")
-    con.print(f"run directory: {prep.plan.run_dir}")
+    con.print(f"run directory: {verbatim(prep.plan.run_dir)}")
     if sub.executor == "slurm":
         con.print(f"watch it:  squeue -j {sub.job_id}    tail -f {prep.plan.run_dir}/logs/orchestrator-0.log")
         click.echo(sub.job_id)
@@ -110,7 +110,7 @@ def _print_plan(plan) -> None:  # type: ignore[no-untyped-def]
         table.add_row(r.role, str(r.nodes), r.index_range, str(r.tasks_per_node), str(r.gpus_per_task))
     con.print(table)
     if plan.exclude:
-        con.print(f"excluded nodes: {', '.join(plan.exclude)}")
+        con.print(f"excluded nodes: {verbatim(', '.join(plan.exclude))}")
     for node, why in plan.excluded_reasons.items():
-        con.print(f"  {node}: {why}")
-    con.print(f"run directory: {plan.run_dir}")
+        con.print(f"  {verbatim(node)}: {verbatim(why)}")
+    con.print(f"run directory: {verbatim(plan.run_dir)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from intellect.cli.output import emit_json, status, status_console
+from intellect.cli.output import emit_json, status, status_console, verbatim
 
 NODES_HELP = "A hostlist such as node-[17,20-22]."
 
@@ -22,7 +22,6 @@ def nodes_cmd(states: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         emit_json({"nodes": [n.to_json() for n in nodes]})
         return
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{len(nodes)} nodes")
@@ -31,13 +30,13 @@ def nodes_cmd(states: tuple[str, ...], as_json: bool) -> None:
     for n in nodes:
         style = "red" if n.drained and not n.drained_by_us else ("yellow" if n.drained else "")
         table.add_row(
-            n.name,
-            f"[{style}]{n.state}[/]" if style else n.state,
-            escape(n.reason or ""),
-            escape(n.reason_user or ""),
-            escape(n.reason_time or ""),
-            escape(n.gres or ""),
-            ",".join(n.jobs),
+            verbatim(n.name),
+            f"[{style}]{verbatim(n.state)}[/]" if style else verbatim(n.state),
+            verbatim(n.reason),
+            verbatim(n.reason_user),
+            verbatim(n.reason_time),
+            verbatim(n.gres),
+            verbatim(",".join(n.jobs)),
         )
     from intellect.cli.output import data_console
 
@@ -94,11 +93,11 @@ def _report(verb: str, result, as_json: bool) -> None:  # type: ignore[no-untype
 
     if result.changed:
         status(
-            f"{verb} {hostlist.collect_hostlist(result.changed)}"
-            + (f": {result.reason}" if result.reason else "")
+            f"{verb} {verbatim(hostlist.collect_hostlist(result.changed))}"
+            + (f": {verbatim(result.reason)}" if result.reason else "")
         )
     for node, why in result.skipped.items():
-        status(f"skipped {node}: {why}")
+        status(f"skipped {verbatim(node)}: {verbatim(why)}")
 
 
 @click.command("why")
@@ -120,17 +119,23 @@ def why_cmd(node: str, as_json: bool) -> None:
         return
     con = status_console()
     con.print(
-        f"[bold]{name}[/]: {n.state}"
-        + (f" — {n.reason} (by {n.reason_user} at {n.reason_time})" if n.reason else "")
+        f"[bold]{verbatim(name)}[/]: {verbatim(n.state)}"
+        + (
+            f" — {verbatim(n.reason)} (by {verbatim(n.reason_user)} at {verbatim(n.reason_time)})"
+            if n.reason
+            else ""
+        )
     )
     con.print(
         "drained by intellect" if n.drained_by_us else ("drained by a person" if n.drained else "not drained")
     )
-    con.print(f"running jobs: {', '.join(n.jobs) or 'none'}")
+    con.print(f"running jobs: {verbatim(', '.join(n.jobs) or 'none')}")
     con.print("history (intellect journal):" if hist else "history: no drain/resume by intellect")
     for e in hist:
-        con.print(f"  {e['time']}  {e['user']:<10} {e['action']:<7} {e.get('reason') or ''}")
+        con.print(verbatim(f"  {e['time']}  {e['user']:<10} {e['action']:<7} {e.get('reason') or ''}"))
     for j in recent:
         con.print(
-            f"  job {j.get('JobID')} {j.get('JobName')} {j.get('State')} {j.get('Start')} → {j.get('End')}"
+            verbatim(
+                f"  job {j.get('JobID')} {j.get('JobName')} {j.get('State')} {j.get('Start')} → {j.get('End')}"
+            )
         )

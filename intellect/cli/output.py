@@ -32,6 +32,15 @@ def status(message: str) -> None:
     status_console().print(message)
 
 
+def verbatim(text: object) -> str:
+    """``text`` escaped for rich, so it prints as it is: a node's reason keeps its ``[intellect]`` marker (how a
+    person tells automation's drains from their own), and a reason holding ``[bold]`` prints those characters.
+    Everything that came from Slurm, a user or a node goes through this before rich sees it."""
+    from rich.markup import escape
+
+    return escape("" if text is None else str(text))
+
+
 def error_line(message: str, hint: str | None = None) -> None:
     """One line: the error, then the next thing to try. Plain text: it must survive any terminal."""
     line = " ".join(f"error: {message}".split())

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from intellect.cli.output import emit_json, status_console
+from intellect.cli.output import emit_json, status_console, verbatim
 from intellect.errors import IntellectError
 
 DEFAULT_INVENTORY = "inventory/production"
@@ -118,7 +118,7 @@ def provision(
         if slow:
             console.print(f"[dim]slowest tasks (on their slowest host): {slow}[/dim]", highlight=False)
         for f in result.failures[:10]:
-            console.print(f"[red]failed[/red] {f.host}: {f.task}: {f.message}")
+            console.print(f"[red]failed[/red] {verbatim(f.host)}: {verbatim(f.task)}: {verbatim(f.message)}")
     if not result.ok:
         bad = sorted(h for h, r in result.recap.items() if not r.healthy) or ["(no recap)"]
         first = result.failures[0] if result.failures else None

@@ -33,6 +33,10 @@ DEV_SETTINGS: dict[str, Any] = {
     "slurm_mem_reserve_mb": 1024,
     "slurm_def_mem_per_node_mb": 512,
     "monitoring_prometheus_scrape_interval": "5s",
+    # The watchdog's unit is installed with the node's `intellect` but not run: the tests drain and resume nodes
+    # themselves and start their own watchdog when they need one (`intellect watchdog` on node1 runs it by hand).
+    "monitoring_intellect_bin": "/usr/local/bin/intellect",
+    "monitoring_watchdog_enabled": False,
 }
 
 

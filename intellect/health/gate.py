@@ -1,17 +1,20 @@
 """The launch gate: bad or unknown nodes are excluded from the allocation and named with their reason.
 
-It checks the partition's nodes (one sinfo call) against one Prometheus query. A real launch fails closed: no
-Prometheus address, Prometheus unreachable, or too few usable nodes left → ``LaunchError`` and nothing is
+It checks the partition's nodes (one sinfo call) against one Prometheus query, with the thresholds of
+``intellect health`` (``INTELLECT_HEALTH_THRESHOLDS``) and the recipe's GPUs per node. ``unknown`` is never
+healthy: a node whose verdict is bad or unknown is excluded, as are drained and down nodes. A real launch fails
+closed: no Prometheus address, Prometheus unreachable, or too few usable nodes left → ``LaunchError`` and nothing is
 submitted. A dry run never fails because of the gate: it reports the same findings as a status.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from intellect.errors import IntellectError, LaunchError
-from intellect.health.config import Thresholds
+from intellect.health.config import Thresholds, load_thresholds
 from intellect.health.prom import PrometheusClient
 from intellect.health.rules import BAD, UNKNOWN, evaluate
 from intellect.recipe import Recipe
@@ -66,8 +69,9 @@ def run_gate(
             strict, SKIPPED, "health gate: no Prometheus address", url,
             "pass --prometheus URL (or INTELLECT_PROMETHEUS_URL), or --no-health-gate",
         )  # fmt: skip
-    th = thresholds or Thresholds(gpus_expected=recipe.cluster.gpus_per_node or None,
-                                  require_dcgm=recipe.cluster.gpus_per_node > 0)  # fmt: skip
+    th = thresholds or load_thresholds(os.environ.get("INTELLECT_HEALTH_THRESHOLDS")).replace(
+        gpus_expected=recipe.cluster.gpus_per_node or None, require_dcgm=recipe.cluster.gpus_per_node > 0
+    )  # the thresholds `intellect health` reads, with the recipe's GPU count
     try:
         nodes = partition_nodes(recipe.cluster.partition)
         with PrometheusClient(url) as client:

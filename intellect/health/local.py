@@ -1,13 +1,17 @@
 """The local check Slurm runs as HealthCheckProgram: fast (< 1 s), local sources only, drains its own node.
 
-Sources: ``/sys/class/infiniband/*/ports/*/{state,phys_state,rate}`` and ``counters/*`` (error counters are
-compared with the previous run's values, kept in a small state file), and ``nvidia-smi`` when present
-(uncorrected ECC, pending/failed row remaps, temperature). Problems drain this node with our prefix:
+Sources: ``/sys/class/infiniband/*/ports/*/{state,phys_state,rate}`` and ``counters/*`` of the InfiniBand ports
+(sysfs ``link_layer`` tells them from RoCE/Ethernet ports, which are skipped; error counters are compared with the
+previous run's values, kept in a small state file), and ``nvidia-smi`` when present (GPU count, uncorrected ECC,
+pending/failed row remaps, temperature). Thresholds and the node type's expected IB rate and GPU count come from
+``intellect.health.config`` (``--node-type``, ``--thresholds``), the same facts as the Prometheus verdicts.
+Problems drain this node with our prefix:
 ``[intellect] root <UTC>: healthcheck: mlx5_0 port 1 state DOWN``. A person's drain is never replaced.
 
 slurm.conf::
 
-    HealthCheckProgram=/opt/intellect/venv/bin/intellect-healthcheck   (python -m intellect.health.local)
+    HealthCheckProgram=/opt/intellect/venv/bin/intellect-healthcheck   (python -m intellect.health.local
+                                                                         --node-type h200)
     HealthCheckInterval=60
     HealthCheckNodeState=ANY,CYCLE
 
@@ -17,6 +21,7 @@ Exit status: 0 healthy, 1 problems found (and drained unless --no-drain), 2 the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import socket
@@ -24,6 +29,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from intellect.errors import UsageError
+from intellect.health.config import Thresholds, load_thresholds
 
 ERROR_COUNTERS = (
     "symbol_error",
@@ -38,11 +46,23 @@ NVSMI_FIELDS = "index,temperature.gpu,ecc.errors.uncorrected.volatile.total"
 NVSMI_REMAP = "gpu_bus_id,remapped_rows.pending,remapped_rows.failure"
 
 
+_TH = Thresholds()
+
+
 @dataclass(frozen=True)
 class LocalThresholds:
     ib_rate_gbps: float | None = None  # expected port rate; lower is a problem
-    ib_error_delta: int = 1000  # error counter increase since the previous run
-    gpu_temp_bad: float = 95.0
+    ib_error_delta: int = int(_TH.ib_errors_bad)  # error counter increase since the previous run
+    gpu_temp_bad: float = _TH.gpu_temp_bad
+    gpus_expected: int | None = None  # fewer GPUs in nvidia-smi is a problem
+
+    @classmethod
+    def of(cls, th: Thresholds, node_type: str | None = None) -> LocalThresholds:
+        """The local check's share of the health thresholds, for one node type (None: the default type)."""
+        nt = th.node_type(node_type)
+        if nt is None:
+            raise UsageError(f"unknown node type {node_type!r}; known: {', '.join(sorted(th.node_types))}")
+        return cls(nt.ib_rate_gbps, int(th.ib_errors_bad), th.gpu_temp_bad, nt.gpus or None)
 
 
 def _read(path: Path) -> str:
@@ -93,10 +113,11 @@ def check_ib(sysfs: Path, th: LocalThresholds, previous: dict[str, int]) -> tupl
 def parse_nvidia_smi(gpus_csv: str, remap_csv: str, th: LocalThresholds) -> list[str]:
     """Problems in ``nvidia-smi --query-gpu=... --format=csv,noheader,nounits`` outputs (pure)."""
     problems = []
-    for line in gpus_csv.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 3:
-            continue
+    rows = [[p.strip() for p in line.split(",")] for line in gpus_csv.splitlines()]
+    rows = [r for r in rows if len(r) == 3]
+    if th.gpus_expected is not None and len(rows) < th.gpus_expected:
+        problems.append(f"only {len(rows)} of {th.gpus_expected} GPUs in nvidia-smi")
+    for parts in rows:
         idx, temp, dbe = parts
         if _leading_number(temp) is not None and float(temp) >= th.gpu_temp_bad:
             problems.append(f"GPU {idx} at {temp} C")
@@ -114,7 +135,7 @@ def parse_nvidia_smi(gpus_csv: str, remap_csv: str, th: LocalThresholds) -> list
 def check_gpus(th: LocalThresholds, timeout: float = 5.0) -> list[str]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
-        return []
+        return [f"nvidia-smi not found, {th.gpus_expected} GPUs expected"] if th.gpus_expected else []
     try:
         q = [exe, "--format=csv,noheader,nounits"]
         gpus = subprocess.run(
@@ -140,12 +161,26 @@ def _state(path: Path) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="intellect node health check (Slurm HealthCheckProgram).")
     ap.add_argument("--sysfs", default="/sys", help="sysfs root (tests pass a fixture tree)")
-    ap.add_argument("--ib-rate", type=float, default=None, help="expected IB rate in Gb/s")
+    ap.add_argument(
+        "--node-type", default=None, help="node type of intellect.health.config (default: generic)"
+    )
+    ap.add_argument(
+        "--thresholds", default=None, help="health thresholds YAML (as intellect health --thresholds)"
+    )
+    ap.add_argument(
+        "--ib-rate", type=float, default=None, help="expected IB rate in Gb/s (overrides the type)"
+    )
     ap.add_argument("--state-file", default="/var/lib/intellect/healthcheck.json")
     ap.add_argument("--node", default=socket.gethostname().split(".")[0])
     ap.add_argument("--no-drain", action="store_true", help="report only")
     args = ap.parse_args(argv)
-    th = LocalThresholds(ib_rate_gbps=args.ib_rate)
+    try:
+        th = LocalThresholds.of(load_thresholds(args.thresholds), args.node_type)
+    except UsageError as exc:
+        print(f"healthcheck: {exc.message}", file=sys.stderr)
+        return 2
+    if args.ib_rate is not None:
+        th = dataclasses.replace(th, ib_rate_gbps=args.ib_rate)
     state = Path(args.state_file)
     problems, counters = check_ib(Path(args.sysfs), th, _state(state))
     problems += check_gpus(th)

@@ -1,8 +1,10 @@
 """A local Prometheus + Alertmanager on 127.0.0.1 (Debian's ``prometheus`` and ``prometheus-alertmanager``).
 
-For tests, benches and the dev cluster: it writes a prometheus.yml with the given scrape targets and our alert
-rules (monitoring/rules/), starts both daemons on free ports, waits until every target is up, and ``stop()``
-ends exactly the processes it started, by PID.
+For tests, benches and the dev cluster: it writes a prometheus.yml with the given scrape targets (each with its
+target labels: ``node``, and ``node_type`` where the test wants one) and every rule file of monitoring/rules/ (the
+alerts and the Xid recording rules the verdicts read), starts both daemons on free ports, waits until every target
+is up, and ``stop()`` ends exactly the processes it started, by PID. ``COUNTERS`` is the dcgm-exporter counters
+file the monitoring role installs; in-process stand-ins serve the same counters.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from intellect.errors import IntellectError
 from intellect.procs import terminate_then_kill
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
+COUNTERS = MONITORING / "dcgm" / "dcp-metrics-intellect.csv"
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,20 @@ def _processes_mentioning(text: str) -> list[str]:
             if text in cmd and "pytest" not in cmd:
                 found.append(cmd)
     return found
+
+
+def test_health_on_the_login_node_needs_no_flags(dev_cluster) -> None:  # type: ignore[no-untyped-def]
+    """Provisioning writes /etc/intellect/site.yaml (where Prometheus is) and labels every target with its node:
+    `intellect health` on node1, with no flag, gives each healthy node a verdict of ok."""
+    site = dev_cluster.dev.ssh(1, "cat /etc/intellect/site.yaml").stdout
+    assert "prometheus_url:" in site
+    deadline = time.monotonic() + 60  # a fresh Prometheus needs a scrape or two of every target
+    while True:
+        proc = dev_cluster.cli("health", "--json")
+        assert proc.returncode == 0, proc.stderr
+        verdicts = {v["node"]: v for v in json.loads(proc.stdout)["nodes"]}
+        if all(v["status"] == "ok" for v in verdicts.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert sorted(verdicts) == list(dev_cluster.names)
+    assert {n: v["status"] for n, v in verdicts.items()} == dict.fromkeys(dev_cluster.names, "ok"), verdicts

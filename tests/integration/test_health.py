@@ -1,10 +1,15 @@
-"""Health end to end with the REAL Prometheus and Alertmanager (Debian packages) on 127.0.0.1, the real loopback
-Slurm (node-1..3), a real node_exporter per node reading a fixture sysfs tree (when installed), and one stand-in
-dcgm-exporter per node: it stands for NVIDIA's dcgm-exporter (same metric names and labels, 4 fake GPUs).
+"""Health end to end with the REAL Prometheus and Alertmanager (Debian packages) on 127.0.0.1.
 
-Xid 79 on node-2 GPU 3 → the watchdog drains node-2 naming Xid 79 and GPU 3 → a new launch excludes it → the
-fault clears → the watchdog resumes node-2 after its hold; node-3, drained by a person, stays drained throughout.
-Prometheus stopped → launch fails closed and `health` says unknown.
+1. The recorded expositions of the real exporters (tests/fixtures/exporters/: dcgm-exporter 4.5.3-4.8.2 and main
+   d5e5f51, node_exporter v1.12.1) served as they are and scraped by Prometheus with monitoring/rules/ loaded:
+   `evaluate` gives the verdicts an on-call engineer expects, with both hostname spellings; a drain-list Xid followed
+   by another Xid stays bad until the GPU reports no Xid (the recording rules' latch, evaluated by Prometheus); an
+   exporter down past the grace period is bad. No Slurm needed.
+2. The real loopback Slurm (node-1..3), a real node_exporter per node reading a fixture sysfs tree (when installed),
+   and one stand-in dcgm-exporter per node (intellect/health/fakedcgm.py, mirroring dcgm-exporter 4.5.3-4.8.2, with
+   the counters file the monitoring role installs): Xid 79 on node-2 GPU 3 → the watchdog drains node-2 naming Xid 79
+   and GPU 3 → a new launch excludes it → the GPU is reset → the watchdog resumes node-2 after its hold; node-3,
+   drained by a person, stays drained throughout. Prometheus stopped → launch fails closed and `health` says unknown.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from intellect.health.fakedcgm import FakeGpus, make_server
-from intellect.health.stack import MonitoringStack, Target, free_port, missing_tools
+from intellect.health.config import load_thresholds
+from intellect.health.fakedcgm import FakeGpus, make_json_server, make_server, read_counters
+from intellect.health.prom import PrometheusClient
+from intellect.health.rules import Verdict, evaluate
+from intellect.health.stack import COUNTERS, MonitoringStack, Target, free_port, missing_tools
 from intellect.procs import terminate_then_kill
 from tests.conftest import ROOT, run_cli
+from tests.health_exposition import fixture
 
 pytestmark = pytest.mark.integration
 SYSFS = ROOT / "tests" / "fixtures" / "health" / "sysfs-ok"
@@ -99,7 +108,7 @@ def env(slurm_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env
     watchdog: subprocess.Popen[bytes] | None = None
     try:
         for name in slurm_cluster.node_names:
-            gpus[name] = FakeGpus(name, count=4)
+            gpus[name] = FakeGpus(name, count=4, counters=read_counters(str(COUNTERS)))
             server = make_server(gpus[name], 0)
             servers.append(server)
             threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -134,9 +143,10 @@ def _start_watchdog(e: Env, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SLURM_CONF": str(e.cluster.conf), "INTELLECT_STATE_DIR": str(e.state),
            "INTELLECT_HEALTH_THRESHOLDS": str(e.thresholds)}  # fmt: skip
     log = open(e.watchdog_log, "ab")  # noqa: SIM115 - the child holds it
+    # the cap counts every unavailable node: 0.67 of 3 lets node-2 drain beside node-3, which a person drained
     proc = subprocess.Popen(
         [sys.executable, "-m", "intellect.cli.main", "watchdog", "--prometheus", e.stack.url, "--poll", "1",
-         "--hold", str(HOLD_S), "--listen", f"127.0.0.1:{port}", "--max-drain-fraction", "0.5"],
+         "--hold", str(HOLD_S), "--listen", f"127.0.0.1:{port}", "--max-drain-fraction", "0.67"],
         stdout=log, stderr=log, env=env, cwd=ROOT,
     )  # fmt: skip
     log.close()
@@ -237,5 +247,137 @@ def test_prometheus_down_fails_the_launch_closed_and_health_is_unknown(env: Env,
         "launch", str(_gated_recipe(tmp_path)), "--dry-run", "--json", "--prometheus", env.stack.url
     )
     assert dry.returncode == 0 and json.loads(dry.stdout)["health_gate"]["status"] == "failed"
-    time.sleep(2)  # the watchdog keeps cycling: unknown never drains
+    time.sleep(2)  # the watchdog keeps cycling, each cycle failed: nothing drains while Prometheus is down
     assert all("drain" not in st for n, (st, _) in env.nodes().items() if n != "node-3")
+
+
+# ------------------------------------------------------------- the recorded expositions in a real Prometheus
+
+XID79 = "dcgm-exporter-4.5.3-4.8.2-xid79-gpu3.prom"
+HEALTHY = "dcgm-exporter-4.5.3-4.8.2.prom"
+IB = "node-exporter-v1.12.1-infiniband.prom"
+FS = "node-exporter-v1.12.1-filesystem.prom"
+
+
+class Served:
+    """Exposition texts served as they are, one HTTP server per scrape target; ``texts[key]`` can be swapped, and
+    ``down`` makes a target answer 503 (a dead exporter)."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, str] = {}
+        self.down: set[str] = set()
+        self.servers: dict[str, object] = {}
+
+    def add(self, key: str, text: str) -> str:
+        self.texts[key] = text
+
+        def render() -> str:
+            if key in self.down:
+                raise ConnectionError("down")
+            return self.texts[key]
+
+        server = make_json_server(render, lambda spec: None, lambda spec: None, 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.servers[key] = server
+        return f"127.0.0.1:{server.server_address[1]}"
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.shutdown()  # type: ignore[attr-defined]
+            server.server_close()  # type: ignore[attr-defined]
+
+
+def _renamed(name: str, node: str) -> str:
+    return fixture(name).replace('"h200-001"', f'"{node}"')
+
+
+@pytest.fixture(scope="module")
+def expo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, MonitoringStack]]:
+    if missing_tools():
+        pytest.skip(
+            f"{', '.join(missing_tools())} not installed (Debian: prometheus, prometheus-alertmanager)"
+        )
+    served, targets = Served(), []
+    nodes = {  # node → (dcgm exposition, node_exporter exposition, dcgm target carries node label)
+        "h200-001": (_renamed(XID79, "h200-001"), fixture(IB) + fixture(FS), True),
+        "h200-002": (_renamed(HEALTHY, "h200-002"), fixture(IB) + fixture("node-exporter-v1.12.1-filesystem-nfs-hung.prom"), True),
+        "h200-003": (_renamed("dcgm-exporter-main-d5e5f51-hostname.prom", "h200-003"), fixture(IB) + fixture(FS), False),
+        "h200-004": (_renamed(HEALTHY, "h200-004"), fixture(IB) + fixture(FS), True),
+    }  # fmt: skip
+    for node, (dcgm, node_text, labelled) in nodes.items():
+        dcgm_labels = {"node": node, "node_type": "h200"} if labelled else {"node_type": "h200"}
+        targets.append(Target("dcgm", served.add(f"{node}/dcgm", dcgm), dcgm_labels))
+        targets.append(
+            Target("node", served.add(f"{node}/node", node_text), {"node": node, "node_type": "h200"})
+        )
+    stack = MonitoringStack(tmp_path_factory.mktemp("expo"), targets)
+    try:
+        stack.start()
+        yield served, stack
+    finally:
+        stack.stop()
+        served.close()
+
+
+def _verdicts(stack: MonitoringStack, grace: str = "5m") -> dict[str, Verdict]:
+    th = load_thresholds(None).replace(exporter_down_grace=grace)
+    with PrometheusClient(stack.url) as client:
+        report = evaluate(client, th, ["h200-001", "h200-002", "h200-003", "h200-004"])
+    assert report.error is None and report.warnings == [], report.to_json()
+    return report.verdicts
+
+
+def _until(stack: MonitoringStack, node: str, summary: str, grace: str = "5m") -> Verdict:
+    def probe() -> Verdict | None:
+        v = _verdicts(stack, grace)[node]
+        return v if v.summary == summary else None
+
+    return wait_for(probe, 30, f"{node}: {summary!r}")
+
+
+def test_recorded_expositions_give_the_verdicts_on_call_expects(expo: tuple[Served, MonitoringStack]) -> None:
+    _, stack = expo
+    v1 = _until(stack, "h200-001", "Xid 79 on GPU 3 (GPU has fallen off the bus)")
+    assert v1.status == "bad" and {r.rule for r in v1.reasons} == {"xid"}
+    verdicts = _verdicts(stack)
+    assert (verdicts["h200-002"].status, verdicts["h200-002"].summary) == (
+        "bad",
+        "/home (nfs4): mountpoint timeout",
+    )
+    # the lowercase hostname (dcgm-exporter main) names the node; 8 NDR ports ok, the 200G RoCE port ignored
+    assert verdicts["h200-003"].status == "ok" and verdicts["h200-004"].status == "ok", verdicts
+
+
+def test_a_drain_list_xid_stays_bad_after_a_later_xid_until_the_gpu_reports_none(
+    expo: tuple[Served, MonitoringStack],
+) -> None:
+    served, stack = expo
+    _until(stack, "h200-001", "Xid 79 on GPU 3 (GPU has fallen off the bus)")
+    benign = served.texts["h200-001/dcgm"].replace(
+        'err_code="79",err_msg="GPU has fallen off the bus"} 79',
+        'err_code="13",err_msg="Graphics Engine Exception"} 13',
+    )
+    assert benign != served.texts["h200-001/dcgm"]
+    served.texts["h200-001/dcgm"] = benign  # a new Xid: a new series, the old one goes stale
+    v = wait_for(lambda: _latched_only(_verdicts(stack)["h200-001"]), 30, "the gauge to show Xid 13")
+    assert v.status == "bad" and "not repaired" in v.summary and "Xid 79 on GPU 3" in v.summary, v.to_json()
+    served.texts["h200-001/dcgm"] = _renamed(HEALTHY, "h200-001")  # GPU reset: Xid 0 on every GPU
+    assert _until(stack, "h200-001", "ok").status == "ok"
+    served.texts["h200-001/dcgm"] = _renamed(XID79, "h200-001")  # the same Xid again, later
+    assert _until(stack, "h200-001", "Xid 79 on GPU 3 (GPU has fallen off the bus)").status == "bad"
+
+
+def _latched_only(v: Verdict) -> Verdict | None:
+    texts = [r.text for r in v.reasons]
+    return v if any("Xid 13 on GPU 3" in t for t in texts) or "not repaired" in v.summary else None
+
+
+def test_an_exporter_down_past_the_grace_period_is_bad(expo: tuple[Served, MonitoringStack]) -> None:
+    served, stack = expo
+    served.down.add("h200-004/dcgm")
+    try:
+        v = _until(stack, "h200-004", "exporter down: dcgm-exporter not scraped for 3s", grace="3s")
+        assert v.status == "bad" and [r.rule for r in v.reasons] == ["exporter_down"]
+    finally:
+        served.down.discard("h200-004/dcgm")
+    assert _until(stack, "h200-004", "ok", grace="3s").status == "ok"

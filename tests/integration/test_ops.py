@@ -140,3 +140,19 @@ def test_controller_down_exits_3_quickly(ops, dev_cluster) -> None:
     finally:
         dev_cluster.slurm("systemctl", "start", "slurmctld")
         assert wait(lambda: dev_cluster.login(["scontrol", "ping"]).returncode == 0, 60)
+
+
+def test_human_output_keeps_every_reason_verbatim(ops, dev_cluster) -> None:
+    """The [intellect] marker is how a person tells automation's drains from their own; rich must not eat it
+    (nor a reason's own brackets) in the human output of drain, nodes and why."""
+    reason = "GPU [bold]3[/bold] Xid 79"
+    wide = {"COLUMNS": "300", "NO_COLOR": "1"}
+    proc = ops("drain", "node2", "--reason", reason, **wide)
+    assert proc.returncode == 0, proc.stderr
+    assert "drained node2: [intellect] root " in proc.stderr and proc.stderr.rstrip().endswith(reason)
+    table = ops("nodes", **wide)
+    row = next(line for line in table.stdout.splitlines() if "node2" in line)
+    assert "[intellect] root" in row and reason in row
+    why = ops("why", "node2", **wide)
+    assert "[intellect] root" in why.stderr and reason in why.stderr
+    assert f": {reason}" in why.stderr.splitlines()[-1]  # the journal line, verbatim too

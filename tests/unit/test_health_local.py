@@ -1,4 +1,5 @@
-"""The HealthCheckProgram check on fixture sysfs trees (tests/fixtures/health/sysfs-ok) and nvidia-smi text."""
+"""The HealthCheckProgram check on fixture sysfs trees (tests/fixtures/health/sysfs-ok) and nvidia-smi text; its
+thresholds and node types are those of intellect.health.config."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
-from intellect.health.local import LocalThresholds, check_ib, main, parse_nvidia_smi
+import pytest
+
+from intellect.errors import UsageError
+from intellect.health.config import Thresholds
+from intellect.health.local import LocalThresholds, check_gpus, check_ib, main, parse_nvidia_smi
 
 OK_TREE = Path(__file__).resolve().parents[1] / "fixtures" / "health" / "sysfs-ok"
 
@@ -66,3 +71,42 @@ def test_main_exit_codes_and_state_file(tmp_path: Path, monkeypatch) -> None:  #
     root = _copy(tmp_path)
     (root / "class/infiniband/mlx5_0/ports/1/state").write_text("1: DOWN\n")
     assert main(["--sysfs", str(root), "--state-file", str(state), "--no-drain"]) == 1
+
+
+def test_thresholds_and_node_type_come_from_the_health_config() -> None:
+    """One home: the local check's temperature and IB error limits are those of the Prometheus verdicts."""
+    th = Thresholds()
+    local = LocalThresholds.of(th, "h200")
+    assert (local.gpu_temp_bad, local.ib_error_delta) == (th.gpu_temp_bad, th.ib_errors_bad)
+    assert (local.ib_rate_gbps, local.gpus_expected) == (400, 8)
+    assert LocalThresholds() == LocalThresholds.of(th)  # the generic type expects nothing
+    with pytest.raises(UsageError, match="unknown node type 'h20'"):
+        LocalThresholds.of(th, "h20")
+
+
+def test_a_missing_gpu_and_a_missing_nvidia_smi_are_problems_on_a_gpu_node(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    th = LocalThresholds.of(Thresholds(), "h200")
+    seven = "".join(f"{i}, 45, 0\n" for i in range(7))
+    assert parse_nvidia_smi(seven, "", th) == ["only 7 of 8 GPUs in nvidia-smi"]
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert check_gpus(th) == ["nvidia-smi not found, 8 GPUs expected"]
+    assert check_gpus(LocalThresholds()) == []
+
+
+def test_roce_ports_are_skipped_by_their_sysfs_link_layer(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    port = root / "class/infiniband/mlx5_1/ports/1"
+    (port / "link_layer").write_text("Ethernet\n")
+    (port / "rate").write_text("200 Gb/sec (4X HDR)\n")
+    (port / "state").write_text("1: DOWN\n")
+    problems, counters = check_ib(root, LocalThresholds.of(Thresholds(), "h200"), {})
+    assert problems == [] and not any(k.startswith("mlx5_1") for k in counters)
+
+
+def test_main_takes_the_node_type(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PATH", str(tmp_path))
+    args = ["--sysfs", str(OK_TREE), "--state-file", str(tmp_path / "s.json"), "--no-drain"]
+    assert main([*args, "--node-type", "h200"]) == 1  # no nvidia-smi on an 8-GPU node
+    assert main([*args, "--node-type", "devcluster", "--ib-rate", "400"]) == 1
+    assert main([*args, "--node-type", "cpu"]) == 0
+    assert main([*args, "--node-type", "nope"]) == 2
