@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.conftest import ROOT
 from tests.integration.devcluster import BRIDGE, PREFIX, host_intellect, wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -165,3 +167,14 @@ def test_health_on_the_login_node_needs_no_flags(dev_cluster) -> None:  # type: 
         time.sleep(2)
     assert sorted(verdicts) == list(dev_cluster.names)
     assert {n: v["status"] for n, v in verdicts.items()} == dict.fromkeys(dev_cluster.names, "ok"), verdicts
+    # and the launch's health gate, on with no --prometheus, vouches for all three
+    data = yaml.safe_load((ROOT / "recipes" / "debug-cluster.yaml").read_text())
+    data["cluster"]["health"]["gate"] = True
+    folder = dev_cluster.fresh_dir("gated")
+    data["run_dir"] = str(folder / "run")
+    recipe = folder / "gated.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    proc = dev_cluster.cli("launch", str(recipe), "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    gate = json.loads(proc.stdout)["health_gate"]
+    assert gate["status"] == "passed" and gate["exclude"] == [] and gate["checked"] == 3, gate
