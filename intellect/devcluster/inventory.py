@@ -8,6 +8,7 @@ plus a faster scheduler cadence so that tests do not wait.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ DEV_SETTINGS: dict[str, Any] = {
     # The watchdog's unit is installed with the node's `intellect` but not run: the tests drain and resume nodes
     # themselves and start their own watchdog when they need one (`intellect watchdog` on node1 runs it by hand).
     "monitoring_intellect_bin": "/usr/local/bin/intellect",
+    "monitoring_intellect_python": str(Path(sys.prefix) / "bin" / "python"),  # the software share's venv
     "monitoring_watchdog_enabled": False,
 }
 
