@@ -178,3 +178,43 @@ def test_health_on_the_login_node_needs_no_flags(dev_cluster) -> None:  # type: 
     assert proc.returncode == 0, proc.stderr
     gate = json.loads(proc.stdout)["health_gate"]
     assert gate["status"] == "passed" and gate["exclude"] == [] and gate["checked"] == 3, gate
+
+
+def test_the_watchdog_drains_only_the_node_whose_exporter_reports_a_fault(dev_cluster) -> None:  # type: ignore[no-untyped-def]
+    """The watchdog on node1 as its unit runs it (Prometheus from the site file, no flag): Xid 79 injected into
+    node2's stand-in dcgm-exporter drains node2, and only node2, with the watchdog's token in the reason; once the
+    GPU is reset it resumes node2 after its hold. (The seconds it took are printed, not asserted.)"""
+    import httpx
+
+    state = dev_cluster.fresh_dir("watchdog")
+    started = dev_cluster.login(
+        ["sh", "-c", f"setsid intellect watchdog --poll 1 --hold 3 --listen 127.0.0.1:9419 "
+                     f"> {state}/watchdog.log 2>&1 < /dev/null & echo $!"],
+        env={"INTELLECT_STATE_DIR": str(state)},
+    )  # fmt: skip
+    pid = started.stdout.strip()
+    assert pid.isdigit(), started.stderr
+    exporter = f"http://{dev_cluster.dev.net.node_addr(2)}:9400"
+
+    def reasons() -> dict[str, str]:
+        out = dev_cluster.slurm("sinfo", "-N", "-h", "-R", "-o", "%N|%E")
+        return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+
+    try:
+        assert wait(lambda: "watching via" in (state / "watchdog.log").read_text(), 60), (
+            state / "watchdog.log"
+        ).read_text()
+        begin = time.monotonic()
+        httpx.post(f"{exporter}/fault", json={"gpu": 1, "xid": 79}, timeout=5).raise_for_status()
+        assert wait(lambda: "node2" in reasons(), 60), (state / "watchdog.log").read_text()[-3000:]
+        print(
+            f"Xid 79 injected -> node2 drained in {time.monotonic() - begin:.1f} s (5 s scrapes, 1 s polls)"
+        )
+        drained = reasons()
+        assert list(drained) == ["node2"], drained
+        assert "watchdog: Xid 79" in drained["node2"] and "wd-token" in drained["node2"]
+        httpx.post(f"{exporter}/clear", json={"gpu": 1}, timeout=5).raise_for_status()
+        assert wait(lambda: not reasons(), 90), (state / "watchdog.log").read_text()[-3000:]
+    finally:
+        dev_cluster.login(["kill", pid])
+        dev_cluster.reset()
