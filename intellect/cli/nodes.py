@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from intellect.cli.output import emit_json, status, status_console, verbatim
@@ -13,25 +15,30 @@ NODES_HELP = "A hostlist such as node-[17,20-22]."
 @click.option("--state", "states", multiple=True, help="Only nodes in this state (idle, drained, mixed...).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def nodes_cmd(states: tuple[str, ...], as_json: bool) -> None:
-    """Every node: state, reason, who/when, GPUs and running jobs (one sinfo and one squeue call)."""
+    """Every node: state, health verdict, reason, who/when, GPUs and running jobs (one sinfo and one squeue call,
+    and one Prometheus query when /etc/intellect/site.yaml names Prometheus)."""
     from intellect.slurm.nodes import query_nodes
 
     nodes = list(query_nodes().values())
     if states:
         nodes = [n for n in nodes if any(s in n.state for s in states)]
+    health = _health([n.name for n in nodes])
     if as_json:
-        emit_json({"nodes": [n.to_json() for n in nodes]})
+        emit_json({"nodes": [{**n.to_json(), "health": health.get(n.name)} for n in nodes]})
         return
     from rich.table import Table
 
     table = Table(title=f"{len(nodes)} nodes")
-    for col in ("node", "state", "reason", "by", "since", "gres", "jobs"):
+    for col in ("node", "state", "health", "reason", "by", "since", "gres", "jobs"):
         table.add_column(col)
+    colour = {"ok": "green", "degraded": "yellow", "unknown": "magenta", "bad": "red"}
     for n in nodes:
         style = "red" if n.drained and not n.drained_by_us else ("yellow" if n.drained else "")
+        verdict = health.get(n.name)
         table.add_row(
             verbatim(n.name),
             f"[{style}]{verbatim(n.state)}[/]" if style else verbatim(n.state),
+            f"[{colour[verdict]}]{verdict}[/]" if verdict in colour else "-",
             verbatim(n.reason),
             verbatim(n.reason_user),
             verbatim(n.reason_time),
@@ -41,6 +48,25 @@ def nodes_cmd(states: tuple[str, ...], as_json: bool) -> None:
     from intellect.cli.output import data_console
 
     data_console().print(table)
+
+
+def _health(names: list[str]) -> dict[str, str]:
+    """Each node's health verdict from one Prometheus query, when the site file says where Prometheus is (else
+    none: the column shows '-'). A Prometheus that does not answer makes every verdict unknown, said once."""
+    from intellect.site import load_site
+
+    url = load_site().prometheus_url
+    if not url or not names:
+        return {}
+    from intellect.health.config import load_thresholds
+    from intellect.health.prom import PrometheusClient
+    from intellect.health.rules import evaluate
+
+    with PrometheusClient(url) as client:
+        report = evaluate(client, load_thresholds(os.environ.get("INTELLECT_HEALTH_THRESHOLDS")), names)
+    if report.error:
+        status(f"health: {verbatim(report.error)} (every verdict is unknown)")
+    return {name: v.status for name, v in report.verdicts.items()}
 
 
 @click.command("drain")

@@ -167,6 +167,9 @@ def test_health_on_the_login_node_needs_no_flags(dev_cluster) -> None:  # type: 
         time.sleep(2)
     assert sorted(verdicts) == list(dev_cluster.names)
     assert {n: v["status"] for n, v in verdicts.items()} == dict.fromkeys(dev_cluster.names, "ok"), verdicts
+    # the verdict column of `intellect nodes`, from the same site file
+    listed = json.loads(dev_cluster.cli("nodes", "--json").stdout)["nodes"]
+    assert {n["name"]: n["health"] for n in listed} == dict.fromkeys(dev_cluster.names, "ok")
     # and the launch's health gate, on with no --prometheus, vouches for all three
     data = yaml.safe_load((ROOT / "recipes" / "debug-cluster.yaml").read_text())
     data["cluster"]["health"]["gate"] = True
