@@ -10,8 +10,9 @@ Only the CLI turns these into exit codes (see ``intellect/cli/main.py``)::
     │   └── SlurmUnreachable       exit 3  slurmctld did not answer (down, unreachable, timed out)
     ├── RunError                   exit 1  a role of a run failed
     └── EnvError                   exit 4  an environment could not be built or its data read (inside a role:
-        └── DataError                      unknown name, bad argument, a dataset that fails to load, a reward
-                                           function that cannot import); the role writes the one-line cause to
+        ├── DataError                      unknown name, bad argument, a dataset that fails to load, a reward
+        └── SandboxError                   function that cannot import, a sandbox that cannot isolate or start;
+            └── SandboxUnavailable         intellect.sandbox); the role writes the one-line cause to
                                            ``RUN_DIR/status/<role>-<rank>.cause``
 
 Third-party errors are translated at the boundary with ``raise ... from exc``.

@@ -183,7 +183,7 @@ def test_every_problem_is_one_line(tmp_path: Path, mode: str) -> None:
     assert_nothing_left(tmp_path, proc)
     assert proc.stderr.splitlines() == [
         f"error: {recipe}:{line_no(lines, 'name: bogus-env')}: environments[0].name: "
-        "unknown environment 'bogus-env'; known: calculator, code, logic, math, reverse-digits, science",
+        "unknown environment 'bogus-env'; known: calculator, code, logic, math, python-tool, reverse-digits, science",
         f"error: {recipe}:{line_no(lines, 'split: aime25')}: evals.environments[0].args.split: "
         "'aime25' is not a split: use 'train' or 'eval'; a benchmark is a dataset of its own "
         "(args.dataset, with eval_fraction: 1)",

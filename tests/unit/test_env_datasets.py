@@ -374,15 +374,19 @@ def test_a_hub_id_passes_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 # --------------------------------------------------------------------------------------------- review fixes
 
 
-def test_stdio_programs_may_use_the_byte_streams_and_a_forged_count_is_clamped() -> None:
-    from intellect.rl.envs.code_env import MARKER, normalise_tests, run_tests
+def test_stdio_programs_may_use_the_byte_streams_and_forged_output_scores_nothing() -> None:
+    from intellect.rl.envs.code_env import normalise_tests, run_tests
 
     spec = normalise_tests({"inputs": ["1 2\n", "3 4\n"], "outputs": ["3\n", "7\n"]})
     binary = "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.buffer.write(b'%d\\n' % (a + b))\n"
     assert run_tests(binary, spec) == 2
-    forged = f"import os\nos.write(1, b'\\n{MARKER}999\\n')\nos._exit(0)\n"
-    assert run_tests(forged, spec) == 2  # at most every test, never 999 of 2
-    assert run_tests(f"import os\nos.write(1, b'\\n{MARKER}oops\\n')\nos._exit(0)\n", spec) == 0
+    # the old harness's result marker, and a forged harness report: the verdict is not made in the sandbox
+    forged = "import os\nos.write(1, b'\\n@@intellect-tests@@999\\n')\nos._exit(0)\n"
+    assert run_tests(forged, spec) == 0
+    report = (
+        'import os\nfor i in range(2): os.write(1, b\'{"i": %d, "status": "ok", "value": "x"}\\n\' % i)\n'
+    )
+    assert run_tests(report, spec) == 0
 
 
 def test_a_bad_jsonl_line_is_named_by_its_own_number(tmp_path: Path) -> None:

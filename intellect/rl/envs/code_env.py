@@ -1,95 +1,49 @@
 """code: write a Python program; the reward is the share of the task's tests that pass.
 
 Tests come in two forms:
-- **asserts**: a list of ``assert`` statements run after the candidate's code, in its namespace (the built-in
-  templated tasks, and rows ``{"question", "tests": [...]}`` read with ``columns: {tests: tests}``);
+- **asserts**: a list of ``assert`` statements about the candidate's functions (the built-in templated tasks,
+  and rows ``{"question", "tests": [...]}`` read with ``columns: {tests: tests}``); the candidate-side calls
+  of each run in its namespace, the rest of the assert outside (see ``intellect.sandbox.harness``);
 - **input/output cases**, the schema of the ``code`` subset of ``PrimeIntellect/INTELLECT-3-RL``: its ``info``
   column is a JSON object whose ``tests`` is (JSON of) ``{"inputs": [...], "outputs": [...], "fn_name": ...}``.
   Without ``fn_name`` each input is the program's stdin and its stdout must match the output token for token;
   with ``fn_name`` each input holds the call's arguments and the return value must equal the output (a
   top-level function, or a method of ``class Solution``).
 
-The completion's last fenced code block (or the whole completion) runs in a fresh ``python -I`` subprocess
-with a timeout and memory/CPU limits, never through a shell. This isolates crashes and hangs, not malice: the
-checked code could still fake its result; the sandbox is a separate piece of work.
+The completion's last fenced code block (or the whole completion) runs in the sandbox (``intellect.sandbox``):
+bubblewrap by default (``sandbox: isolated``; a site's own runner by its name in the ``intellect.sandboxes``
+entry point group), at most ``sandbox_concurrency`` programs at once, with ``sandbox_warm`` sandboxes started
+ahead while the model generates. A host that cannot isolate fails the role at start, unless the recipe asks
+for ``sandbox: unisolated`` (no isolation; a warning at launch and in the role's log).
+
+Scoring never trusts the program (``intellect.sandbox.harness``): the expected outputs and values never enter
+its sandbox; the harness there reports what it observed, and the verdict is computed here on decoded plain
+values, so forged output, patched builtins or an always-equal object score 0, and a reward stays in [0, 1].
+A sandbox that fails to run is a reward error (the sample is masked and counted), not a score of 0.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
-import subprocess
-import sys
-import tempfile
+import weakref
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from annotated_types import Gt
+from annotated_types import Ge, Gt
 
+from intellect.errors import EnvError
 from intellect.rl.envs.base import Task, Turn
 from intellect.rl.envs.code_problems import GENERATORS
 from intellect.rl.envs.common import DatasetEnv, PositiveInt, key_hash
+from intellect.sandbox import Limits, SandboxPool, SandboxUnavailable, make_runner
+from intellect.sandbox.harness import check_program, harness_limits, harness_request, split_assert
+from intellect.sandbox.pool import sandbox_preflight
 
 DEFAULT_SIZE = {"train": 300, "eval": 60}
 TIMEOUT_S = 5.0
-MARKER = "@@intellect-tests@@"
-# Runs in the child: limits first, then the candidate code, then each test. For stdio cases the program runs
-# once per case as __main__ with that case's stdin; for call cases it is defined once and called per case.
-HARNESS = f"""
-import io, json, resource, sys
-data = json.loads(sys.stdin.read())
-resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-cpu = max(1, int(data["timeout"]))
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-real_out = sys.stdout
-passed = 0
-def define():
-    ns = {{"__name__": "__candidate__"}}
-    exec(compile(data["code"], "<candidate>", "exec"), ns)
-    return ns
-def same(got, want):
-    return got == want or [got] == want or (isinstance(got, tuple) and list(got) == want)
-try:
-    tests = data["tests"]
-    if tests["kind"] == "asserts":
-        ns = define()
-        for test in tests["cases"]:
-            try:
-                exec(compile(test, "<test>", "exec"), ns)
-                passed += 1
-            except Exception:
-                pass
-    elif tests["kind"] == "call":
-        ns = define()
-        fn = ns.get(tests["fn_name"])
-        if fn is None and "Solution" in ns:
-            fn = getattr(ns["Solution"](), tests["fn_name"], None)
-        for args, want in tests["cases"]:
-            try:
-                passed += same(fn(*args), want)
-            except Exception:
-                pass
-    else:
-        code = compile(data["code"], "<candidate>", "exec")
-        for stdin, want in tests["cases"]:
-            raw = io.BytesIO()
-            sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
-            sys.stdout = out = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
-            try:
-                exec(code, {{"__name__": "__main__"}})
-            except SystemExit:
-                pass
-            except Exception:
-                continue
-            finally:
-                sys.stdout = real_out
-            out.flush()
-            passed += raw.getvalue().decode("utf-8", "replace").split() == want.split()
-except BaseException:
-    pass
-real_out.write("\\n{MARKER}" + json.dumps(passed) + "\\n")
-"""
 
 
 def extract_code(completion: str) -> str:
@@ -107,7 +61,10 @@ def normalise_tests(tests: Any, max_tests: int | None = None) -> dict[str, Any]:
     if isinstance(tests, list | tuple):
         if not all(isinstance(t, str) for t in tests):
             raise ValueError("a list of tests must hold assert statements (strings)")
-        return {"kind": "asserts", "cases": list(tests)[:max_tests]}
+        cases = list(tests)[:max_tests]
+        for test in cases:
+            split_assert(test)  # ValueError for a test that cannot be judged outside the sandbox
+        return {"kind": "asserts", "cases": cases}
     if not isinstance(tests, dict):
         raise ValueError(
             f"tests must be a list of asserts or an object with inputs/outputs, got {type(tests)}"
@@ -153,35 +110,29 @@ def _text(value: Any) -> str:
     )
 
 
-def run_tests(code: str, tests: Sequence[str] | dict[str, Any], timeout: float = TIMEOUT_S) -> int:
-    """How many of ``tests`` pass for ``code``, in a subprocess; 0 on a timeout or a crash."""
+@functools.cache
+def default_pool() -> SandboxPool:
+    """The isolated pool that module-level ``run_tests`` uses (SandboxUnavailable when the host cannot isolate)."""
+    runner = make_runner("isolated")
+    runner.check()
+    return SandboxPool(runner, size=8)
+
+
+def run_tests(
+    code: str,
+    tests: Sequence[str] | dict[str, Any],
+    timeout: float = TIMEOUT_S,
+    pool: SandboxPool | None = None,
+) -> int:
+    """How many of ``tests`` pass for ``code``, judged outside its sandbox; 0 on a timeout or a crash."""
     spec = tests if isinstance(tests, dict) else normalise_tests(list(tests))
-    payload = json.dumps({"code": code, "tests": spec, "timeout": timeout})
-    with tempfile.TemporaryDirectory(prefix="intellect-code-") as tmp:
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-I", "-c", HARNESS],
-                input=payload,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                cwd=tmp,
-                env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
-            )
-        except subprocess.TimeoutExpired:
-            return 0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARKER)]
-    try:
-        passed = int(json.loads(lines[-1][len(MARKER) :])) if lines else 0
-    except (ValueError, TypeError):  # the candidate printed a malformed marker of its own
-        return 0
-    return max(0, min(passed, len(spec["cases"])))  # a forged count never scores above every test
+    return check_program(pool or default_pool(), code, spec, timeout).passed
 
 
 def tests_passed(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
-    spec = task.answer
+    """The share of the task's tests that pass, in the default isolated pool."""
     timeout = float(task.info.get("timeout", TIMEOUT_S))
-    return run_tests(extract_code(completion), spec, timeout) / max(len(spec["cases"]), 1)
+    return check_program(default_pool(), extract_code(completion), task.answer, timeout).fraction
 
 
 def defines_function(task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
@@ -196,7 +147,7 @@ class Code(DatasetEnv):
     name = "code"
     default_size = DEFAULT_SIZE
     correct_by = "tests_passed"
-    rewards = (tests_passed, defines_function)
+    rewards = (tests_passed, defines_function)  # tests_passed is replaced by the method on this env's pool
     fields = {"question": "question", "tests": "info"}
 
     def __init__(
@@ -204,11 +155,44 @@ class Code(DatasetEnv):
         max_tests: PositiveInt = 15,
         timeout_s: Annotated[float, Gt(0)] = TIMEOUT_S,
         instruction: str = "Solve the programming task below in a Python markdown code block.",
+        sandbox: str = "isolated",
+        sandbox_concurrency: PositiveInt = 8,
+        sandbox_warm: Annotated[int, Ge(0)] = 4,
+        memory_mb: PositiveInt = 1024,
         **data: Any,
     ) -> None:
-        """``data``: the dataset arguments of DatasetEnv (checked from its signature)."""
+        """``sandbox``: ``isolated`` (bubblewrap), ``unisolated`` (none: the program can reach this host), or a
+        site's runner (``intellect.sandboxes``); ``sandbox_concurrency``: programs run at once; ``sandbox_warm``:
+        sandboxes started ahead; ``memory_mb``: each program's memory (per process under rlimits). ``data``:
+        the dataset arguments of DatasetEnv (checked from its signature)."""
         self.max_tests, self.timeout_s, self.instruction = max_tests, timeout_s, instruction
         super().__init__(**data)
+        runner = make_runner(sandbox)
+        try:
+            runner.check()
+        except SandboxUnavailable as exc:
+            raise EnvError(
+                f"code: {exc}",
+                hint="install bubblewrap and allow user namespaces, or set args.sandbox: unisolated to run "
+                "model-written code without isolation",
+            ) from exc
+        # processes bounds the run's memory too under rlimits (memory_mb is per process): 8 leaves room for a
+        # thread or two (the deep-recursion idiom) next to the harness and the case being run
+        self.limits = Limits(memory_mb=memory_mb, processes=8)
+        template = harness_request(harness_limits(timeout_s, self.limits))
+        self.pool = SandboxPool(runner, sandbox_concurrency, sandbox_warm, template=template)
+        weakref.finalize(self, self.pool.close)
+        self.rubric.funcs[0] = (self.tests_passed, self.rubric.funcs[0][1])
+
+    @classmethod
+    def preflight(cls, args: dict[str, Any], role: str) -> list[str]:
+        return super().preflight(args, role) + sandbox_preflight(args.get("sandbox", "isolated"), cls.name)
+
+    def tests_passed(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
+        """The share of the task's tests the completion's program passes (in [0, 1])."""
+        timeout = float(task.info.get("timeout", self.timeout_s))
+        verdict = check_program(self.pool, extract_code(completion), task.answer, timeout, self.limits)
+        return verdict.fraction
 
     def _draw(self, rng: random.Random) -> tuple[str, Task]:
         prompt, tests, function, solution = rng.choice(GENERATORS)(rng)
