@@ -328,7 +328,8 @@ def test_disabled_user_namespaces_are_refused_in_one_line(runner: BwrapRunner) -
         "/dev",
         "--proc",
         "/proc",
-        "--tmpfs",
+        "--bind",  # the host's /tmp, not a tmpfs over it: a checkout (CI's clone) or its venv may live there
+        "/tmp",
         "/tmp",
         sys.executable,
         "-I",
