@@ -4,20 +4,18 @@ and where they are reported. The end-to-end check (no trained rollout spans more
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from intellect.recipe import validate_recipe
 from intellect.rl.envs.base import Task
 from intellect.rl.orchestrator.bound import Verdict, judge, judge_group, min_weight_step, span
-from intellect.rl.orchestrator.loop import Finished, Orchestrator
-from intellect.rl.orchestrator.pools import DifficultyPools, Draw, TaskSampler
+from intellect.rl.orchestrator.loop import Finished
+from intellect.rl.orchestrator.pools import Draw
 from intellect.rl.orchestrator.rollout import SampleResult, finalize_group
 from intellect.rl.orchestrator.summary import summarize
 from intellect.rl.orchestrator.telemetry import Counts, Telemetry, progress_line, step_record
+from tests.unit.test_orchestrator_units import _orchestrator  # the same unit orchestrator, one copy
 
 
 @pytest.mark.parametrize(
@@ -61,31 +59,6 @@ def _result(reward: float, first: int, last: int) -> SampleResult:
     r = SampleResult([1, 5], [6, 7, 2], [-0.1, -0.2, -0.3], [1, 1, 1], first=first, last=last)
     r.reward = reward
     return r
-
-
-def _orchestrator(tmp_path: Path, **alg: Any) -> Orchestrator:
-    recipe = validate_recipe(
-        {
-            "name": "unit",
-            "cluster": {"nodes": 2, "gpus_per_node": 0},
-            "roles": {"trainer": {"nodes": 1}, "inference": {"nodes": 1, "backend": "embedded"}},
-            "model": {"name": "tiny-char-llama", "max_seq_len": 32, "max_new_tokens": 6},
-            "algorithm": {
-                "steps": 5,
-                "batch_size": 8,
-                "rollouts_per_prompt": 4,
-                "learning_rate": 1e-3,
-                **alg,
-            },
-            "environments": [{"name": "coin-flip"}],
-            "run_dir": str(tmp_path),
-        }
-    )
-    orch = Orchestrator(recipe, ["http://x:1"], metrics_port=-1)
-    orch.pools = DifficultyPools(recipe.algorithm.difficulty)
-    tasks = [Task(id=f"t{i}", prompt=str(i), answer=None) for i in range(4)]
-    orch.sampler = TaskSampler([("coin-flip", tasks, 1.0)], orch.pools, random.Random(0))
-    return orch
 
 
 def test_keep_drops_groups_spanning_too_many_updates_and_reschedules_them(tmp_path: Path) -> None:
