@@ -33,7 +33,9 @@ DEV_SETTINGS: dict[str, Any] = {
     "slurm_cred_expire": 20,  # a requeued job restarts after 20 s instead of 120 s
     "slurm_mem_reserve_mb": 1024,
     "slurm_def_mem_per_node_mb": 512,
-    "monitoring_prometheus_scrape_interval": "5s",
+    # 1 s samples and scrapes: a fault shows in Prometheus within ~2 s, so the watchdog drains within the 5 s goal.
+    "monitoring_prometheus_scrape_interval": "1s",
+    "monitoring_dcgm_exporter_collect_interval_ms": 1000,
     # The watchdog's unit is installed with the node's `intellect` but not run: the tests drain and resume nodes
     # themselves and start their own watchdog when they need one (`intellect watchdog` on node1 runs it by hand).
     "monitoring_intellect_bin": "/usr/local/bin/intellect",

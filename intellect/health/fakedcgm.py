@@ -83,7 +83,9 @@ FIELDS: dict[str, tuple[int, str, float | str]] = {
     "DCGM_FI_PROF_DRAM_ACTIVE": (1005, "d", 0.0), "DCGM_FI_PROF_PCIE_TX_BYTES": (1009, "i", 0),
     "DCGM_FI_PROF_PCIE_RX_BYTES": (1010, "i", 0), XID_COUNT: (9001, "i", 0),
 }  # fmt: skip
-# The enabled lines of upstream etc/default-counters.csv at 4.5.3-4.8.2 (what the exporter serves without -f).
+# The enabled lines of upstream etc/default-counters.csv at 4.5.3-4.8.2 (what the exporter serves without -f). A
+# second copy of config.DCGM_COUNTERS less DCGM_HEALTH_EXTRAS, because this file runs alone (stdlib only) on nodes;
+# tests/unit/test_health_exporters.py holds both to the recorded upstream file.
 DEFAULT_COUNTERS = (
     ("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz)."),
     ("DCGM_FI_DEV_MEM_CLOCK", "gauge", "Memory clock frequency (in MHz)."),
@@ -196,6 +198,9 @@ class FakeGpus:
     model: str = MODEL
     driver: str = DRIVER
     xid_window_ms: int = 300_000
+    # -c/--collect-interval: DCGM samples the watched fields this often (WatchFieldsWithGroupEx's update frequency)
+    # and a scrape reads the latest sample, so a fault shows at the next sample. 0: sample at every scrape.
+    collect_interval_ms: int = 0
     devices: str | None = None  # a glob of device files: a GPU whose file is gone does not report
     clock: Callable[[], float] = time.time
     gpus: list[Gpu] = field(default_factory=list)
@@ -212,6 +217,7 @@ class FakeGpus:
             raise ValueError("healthy_xid: zero|absent")
         self._grow(self.count)
         self.started = self.clock()
+        self._sample: tuple[float, str] | None = None  # (sample time, exposition) with collect_interval_ms
 
     def fault(self, spec: dict[str, object]) -> None:
         gpu = self._gpu(spec)
@@ -295,6 +301,15 @@ class FakeGpus:
 
     def render(self) -> str:
         now = self.clock()
+        if self.collect_interval_ms > 0:
+            step = self.collect_interval_ms / 1000
+            sampled = self.started + (now - self.started) // step * step
+            if self._sample is None or self._sample[0] != sampled:
+                self._sample = (sampled, self._render(sampled))
+            return self._sample[1]
+        return self._render(now)
+
+    def _render(self, now: float) -> str:
         with self.lock:
             present = self._present()
             gpus = {
@@ -406,6 +421,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("-a", "--address", default=":9400", help="listen address, [HOST]:PORT")
     ap.add_argument("-x", "--xid-count-window-size", type=int, default=300_000, help="ms")
+    ap.add_argument(
+        "-c",
+        "--collect-interval",
+        type=int,
+        default=int(os.environ.get("DCGM_EXPORTER_INTERVAL") or 30000),
+        help="ms (upstream: 30000)",
+    )
     ap.add_argument("--hostname", default=os.environ.get("NODE_NAME") or socket.gethostname())
     ap.add_argument("--hostname-label", choices=["Hostname", "hostname"], default="Hostname")
     ap.add_argument("--xid-shape", choices=["err_code", "value-only"], default="err_code")
@@ -422,7 +444,8 @@ def main(argv: list[str] | None = None) -> None:
                     default=0)  # fmt: skip
     host, _, port = args.address.rpartition(":")
     gpus = FakeGpus(args.hostname, count, counters, args.hostname_label, args.xid_shape, args.healthy_xid,
-                    xid_window_ms=args.xid_count_window_size, devices=args.devices)  # fmt: skip
+                    xid_window_ms=args.xid_count_window_size, collect_interval_ms=args.collect_interval,
+                    devices=args.devices)  # fmt: skip
     server = make_server(
         gpus, args.port if args.port is not None else int(port), args.host or host or "0.0.0.0"
     )

@@ -95,7 +95,7 @@ def _count(out: GateResult, recipe: Recipe, nodes: dict[str, Node], strict: bool
     static = {n for spec in recipe.cluster.exclude for n in expand_nodes(spec)}
     usable = [
         n for n, node in nodes.items()
-        if n not in out.exclude and n not in static and not node.drained and "down" not in node.state
+        if n not in out.exclude and n not in static and not node.drained and "down" not in node.state and node.responding
     ]  # fmt: skip
     need = recipe.cluster.nodes
     if len(usable) < need:

@@ -178,6 +178,8 @@ def unavailability(node: Node) -> str | None:
     """'drained', or the down-like state of a node that runs no jobs; None for an available node."""
     if node.drained:
         return "drained"
+    if not node.responding:
+        return "not_responding"
     parts = set(node.state.lower().split("+"))
     return node.state if parts & DOWN_STATES else None
 

@@ -18,6 +18,7 @@ from intellect.slurm import run as slurm
 
 PREFIX = "[intellect]"
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+STATE_FLAGS = "*~#!%$@^-"  # sinfo(1) NODE STATE CODES suffixes
 SINFO_FORMAT = "%N|%T|%u|%H|%G|%c|%m|%E"
 SQUEUE_FORMAT = "%A|%j|%u|%T|%M|%D|%N|%r"
 SACCT_FIELDS = "JobID,JobName,User,State,Start,End,NodeList,ExitCode"
@@ -35,6 +36,14 @@ class Node:
     memory_mb: int
     jobs: list[str] = field(default_factory=list)
     verdict: str | None = None
+    flags: str = (
+        ""  # sinfo's state suffixes, e.g. "*" (not responding), "~" (powered down), "@" (reboot pending)
+    )
+
+    @property
+    def responding(self) -> bool:
+        """False while slurmctld hears nothing from the node's slurmd (``idle*``): it gets no new work."""
+        return "*" not in self.flags
 
     @property
     def drained_by_us(self) -> bool:
@@ -91,9 +100,11 @@ def parse_sinfo(text: str) -> dict[str, Node]:
     for name, state, user, when, gres, cpus, mem, reason in _rows(text, "sinfo"):
         if name in nodes:
             continue
+        base = state.rstrip(STATE_FLAGS)
         nodes[name] = Node(
             name=name,
-            state=state.rstrip("*~#!%$@^-"),
+            state=base,
+            flags=state[len(base) :],
             reason=_none(reason),
             reason_user=_none(user),
             reason_time=_none(when),

@@ -13,6 +13,7 @@ from intellect.health.config import DCGM_COUNTERS, DCGM_HEALTH_EXTRAS
 from intellect.health.fakedcgm import (
     DEFAULT_COUNTERS,
     XID_COUNT,
+    XID_FIELD,
     Counter,
     FakeGpus,
     parse_counters,
@@ -235,3 +236,18 @@ def test_stand_in_gpus_follow_the_device_files(tmp_path) -> None:  # type: ignor
     (tmp_path / "fakegpu0").unlink()
     temps = next(f for f in parse(gpus.render()) if f.name == "DCGM_FI_DEV_GPU_TEMP")
     assert [s.get("gpu") for s in temps.series] == ["1"]
+
+
+def test_collect_interval_serves_the_latest_sample() -> None:
+    """``-c 5000``: DCGM samples every 5 s and a scrape reads the last sample, so a fault shows at the next one."""
+    clock = Clock()
+    gpus = FakeGpus("h200-001", 8, list(FIXTURE_COUNTERS), clock=clock, collect_interval_ms=5000)
+    first = gpus.render()
+    clock.t += 1
+    gpus.fault({"gpu": 3, "xid": 79})
+    clock.t += 2.5  # 3.5 s after start: still the first sample
+    assert gpus.render() == first
+    clock.t += 1.5  # 5 s: the next sample has it
+    gpu3 = [s for f in parse(gpus.render()) if f.name == XID_FIELD for s in f.series if s.get("gpu") == "3"]
+    assert [s.value for s in gpu3] == ["79"]
+    assert _gpus().collect_interval_ms == 0  # in-process stand-ins sample at every scrape

@@ -94,11 +94,13 @@ def test_role_counters_template_is_the_counters_file() -> None:
 @pytest.mark.parametrize("mode", ["standin", "nvidia"])
 def test_exporter_unit_passes_our_counters_file_with_f(mode: str) -> None:
     unit = _render("dcgm-exporter.service.j2", monitoring_dcgm_exporter_mode=mode, inventory_hostname="node1",
-                   monitoring_dcgm_standin_device_glob="/dev/fakegpu[0-9]*", monitoring_dcgm_exporter_port=9400)  # fmt: skip
+                   monitoring_dcgm_standin_device_glob="/dev/fakegpu[0-9]*", monitoring_dcgm_exporter_port=9400,
+                   monitoring_dcgm_exporter_collect_interval_ms=5000)  # fmt: skip
     exec_start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
     argv = shlex.split(exec_start.removeprefix("ExecStart="))
     assert argv[argv.index("-f") + 1] == "/etc/dcgm-exporter/dcp-metrics-intellect.csv"
     assert argv[argv.index("-a") + 1] == ":9400" and "Environment=NODE_NAME=node1" in unit
+    assert argv[argv.index("-c") + 1] == "5000"  # both binaries take upstream's -c (collect interval, ms)
     assert (argv[:2] == ["/usr/bin/python3", "/usr/local/bin/intellect-dcgm-standin"]) == (mode == "standin")
 
 
@@ -120,15 +122,19 @@ def test_dev_cluster_stand_in_is_fakedcgm_and_runs_alone_with_the_counters_file(
     log = tmp_path / "standin.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([python, "-I", str(script), "-f", str(COUNTERS), "-a", f"127.0.0.1:{port}",
-                                 "--devices", str(tmp_path / "fakegpu[0-9]*"), "--hostname", "node1"],
+                                 "--devices", str(tmp_path / "fakegpu[0-9]*"), "--hostname", "node1", "-c", "200"],
                                 cwd=tmp_path, stdout=out, stderr=out)  # fmt: skip
     try:
         text = _get_metrics(port, proc, log)
         expected = FakeGpus("node1", 2, read_counters(str(COUNTERS))).render()
         strip = [ln for ln in expected.splitlines() if "TOTAL_ENERGY" not in ln]
         assert [ln for ln in text.splitlines() if "TOTAL_ENERGY" not in ln] == strip
-        (tmp_path / "fakegpu1").unlink()  # the device is gone: the GPU stops reporting
-        assert 'gpu="1"' not in _get_metrics(port, proc, log) and 'gpu="0"' in text
+        # the device is gone: the GPU stops reporting, from the next sample on
+        (tmp_path / "fakegpu1").unlink()
+        deadline = time.monotonic() + 10
+        while 'gpu="1"' in (later := _get_metrics(port, proc, log)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 'gpu="1"' not in later and 'gpu="0"' in later
     finally:
         proc.terminate()
         proc.wait(timeout=10)

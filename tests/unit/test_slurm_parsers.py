@@ -41,6 +41,20 @@ def test_parse_sacct_and_garbage() -> None:
         parse_sinfo("node-1|idle\n")
 
 
+def test_sinfo_keeps_state_flags() -> None:
+    """sinfo(1) NODE STATE CODES: ``idle*`` is a node whose slurmd stopped answering; it takes no new work."""
+    nodes = parse_sinfo(
+        "node-1|idle*|Unknown|Unknown|(null)|2|2000|none\n"
+        "node-2|mixed|Unknown|Unknown|(null)|2|2000|none\n"
+        "node-3|drained*|root|2026-11-23T15:31:45|(null)|2|2000|RMA\n"
+        "node-4|idle~|Unknown|Unknown|(null)|2|2000|none\n"
+    )
+    assert [(n.state, n.flags, n.responding) for n in nodes.values()] == [
+        ("idle", "*", False), ("mixed", "", True), ("drained", "*", False), ("idle", "~", True)
+    ]  # fmt: skip
+    assert nodes["node-3"].drained
+
+
 def test_sinfo_dedupes_nodes_in_several_partitions() -> None:
     line = "node-1|idle|Unknown|Unknown|gpu:h200:8|96|2000000|none\n"
     assert len(parse_sinfo(line * 3)) == 1

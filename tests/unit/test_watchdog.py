@@ -341,6 +341,18 @@ def test_the_cap_counts_down_nodes_and_its_own_and_limits_drains_per_cycle(sim: 
     assert metric(dog, "intellect_watchdog_unavailable_nodes", cause="down") == 10
 
 
+def test_the_cap_counts_nodes_that_stopped_responding(sim: Sim) -> None:
+    """``idle*`` (slurmd silent, not yet marked DOWN) is unavailable: it counts against the cap."""
+    for n in ("node-1", "node-2"):
+        sim.slurm.nodes[n]["state"] = "idle*"
+    sim.prom.xid("node-7", "node-8")
+    dog = sim.dog(max_drain_fraction=0.375)  # 3 of 8; two are already gone
+    sim.cycles(dog, 3)
+    assert sorted(dog.state.held) == ["node-7"] and sim.slurm.state("node-8") == "idle"
+    assert metric(dog, "intellect_watchdog_unavailable_nodes", cause="down") == 2
+    assert metric(dog, "intellect_watchdog_held_back_nodes", why="cap") == 1
+
+
 def test_bad_nodes_come_before_exporter_down_when_room_is_short(sim: Sim) -> None:
     sim.prom.exporter_down("node-1")
     dog = sim.dog(max_drain_fraction=0.25)  # 2 of 8
