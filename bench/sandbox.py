@@ -10,6 +10,11 @@ rlimits, what the code environment used before):
 3. executions per second of the trivial program and of the typical test run, with 1, 8 and 32 running at once
    (threads through a ``SandboxPool`` of that size, for ``--seconds`` each).
 
+4. scoring through the orchestrator's ``Roller``: groups of 8 whose programs each wait 0.2 s (a test run that
+   sleeps or blocks, the case where threads, not cores, bound throughput), samples scored per second with the
+   environment's own threads (``Environment.workers`` = ``sandbox_concurrency`` 8) and with asyncio's default
+   pool (min(32, cores + 4) threads: 6 on 2 cores).
+
 Goals on the project's 2 cores: p50 <= 50 ms for the trivial program, >= 40 executions/s at 8 concurrent.
 
     .venv/bin/python bench/sandbox.py [--runs 100] [--seconds 4] [--concurrency 1,8,32]
@@ -113,11 +118,58 @@ def bench_runner(runner: Runner, args: argparse.Namespace, concurrency: list[int
     return row
 
 
+def bench_roller(groups: int) -> dict[str, float]:
+    """Samples scored per second through ``Roller.group`` (code env, sandbox_concurrency 8), with the env's own
+    threads and with the default pool."""
+    import asyncio
+    import random
+
+    from intellect.rl.envs.base import Task
+    from intellect.rl.envs.code_env import normalise_tests
+    from intellect.rl.orchestrator.client import InferenceClient
+    from intellect.rl.orchestrator.fake import DigitTokenizer, FakeCluster, FakeServer
+    from intellect.rl.orchestrator.rollout import Roller, Sampling
+
+    waits = "```python\nimport time\ntime.sleep(0.2)\ndef f(x):\n    return x + 1\n```"
+
+    class Waiting(Code):
+        name = "waiting-code"
+
+        def score(self, task, completion, transcript=()):  # type: ignore[no-untyped-def]
+            return super().score(task, waits, transcript)
+
+    async def run(env: Code) -> float:
+        server = FakeServer("http://inf:8000", DigitTokenizer.alphabet, eos=2, rng=random.Random(0), step=0)
+        client = InferenceClient([server.url], transport=FakeCluster([server]).transport)
+        await client.wait_healthy(5)
+        roller = Roller(client, DigitTokenizer(), Sampling(max_new_tokens=4, max_seq_len=32, temperature=1.0))
+        task = Task(
+            id="wait", prompt="123>", answer=normalise_tests(["assert f(1) == 2"]), info={"timeout": 5.0}
+        )
+        await roller.group(env, task, 8, min_step=0)  # warm-up: the scoring mean and the sandboxes
+        start = time.perf_counter()
+        for _ in range(groups):
+            samples = await roller.group(env, task, 8, min_step=0)
+            assert all(s.reward == 1.0 for s in samples), [s.error for s in samples]
+        took = time.perf_counter() - start
+        await client.aclose()
+        return groups * 8 / took
+
+    out = {}
+    for label, workers in (("env threads (8)", 8), ("default pool", 0)):
+        env = Waiting(size=4, sandbox_warm=0, sandbox_concurrency=8)
+        env.workers = workers
+        out[label] = asyncio.run(run(env))
+        env.pool.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="runs per latency figure")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per throughput figure")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated numbers of runs at once")
+    parser.add_argument("--groups", type=int, default=6, help="groups of 8 per Roller figure")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.concurrency.split(",")]
     isolated = BwrapRunner()
@@ -133,6 +185,10 @@ def main() -> None:
     print(f"{'':{width}}  " + "  ".join(f"{n:>16}" for n in names))
     for key in rows[names[0]]:
         print(f"{key:{width}}  " + "  ".join(f"{rows[n][key]:>16}" for n in names))
+    roller = bench_roller(args.groups)
+    print("scored through Roller.group, groups of 8 programs that each wait 0.2 s (samples/s): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in roller.items())
+          + f"; ratio {roller['env threads (8)'] / roller['default pool']:.2f}x")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from intellect.rl.envs.base import Task, Turn
+from intellect.rl.orchestrator import rollout
 from intellect.rl.orchestrator.client import InferenceClient
 from intellect.rl.orchestrator.fake import CoinFlipEnv, DigitTokenizer, FakeCluster, FakeServer
 from intellect.rl.orchestrator.rollout import CHEAP_SCORE_S, Roller, Sampling
@@ -36,7 +37,16 @@ def test_hops_per_group(monkeypatch: pytest.MonkeyPatch) -> None:
         hops.append(getattr(func, "__name__", "?"))
         return await real(func, *args, **kwargs)
 
+    real_env = rollout._in_env_thread
+
+    async def counting_env(env: Any, func: Any, *args: Any) -> Any:
+        hops.append(getattr(func, "__name__", "?"))
+        return await real_env(env, func, *args)
+
     monkeypatch.setattr(asyncio, "to_thread", counting)
+    monkeypatch.setattr(
+        rollout, "_in_env_thread", counting_env
+    )  # scoring: the environment's pool or the default
 
     async def go() -> dict[str, list[int]]:
         server = FakeServer("http://inf:8000", DigitTokenizer.alphabet, eos=2, rng=random.Random(0), step=0)

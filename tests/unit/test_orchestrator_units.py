@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -486,6 +488,46 @@ def test_roller_multi_turn_masks_tool_tokens_and_rubric_errors_fail() -> None:
         await client.aclose()
 
     asyncio.run(go())
+
+
+class Rendezvous(Environment):
+    """Each sample's scoring blocks until every sample of the group is being scored at once (a barrier of
+    ``workers`` parties): it finishes only if the group really runs ``workers`` scorers in parallel."""
+
+    name = "rendezvous"
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.workers = parties
+        self.barrier = threading.Barrier(parties, timeout=20)
+        self.threads: set[str] = set()
+        self.rubric = Rubric([(self._meet, 1.0)])
+
+    def _meet(self, task: Task, completion: str, transcript: Sequence[Turn] = ()) -> float:
+        self.threads.add(threading.current_thread().name)
+        self.barrier.wait()
+        return 1.0
+
+
+def test_an_environment_with_workers_scores_that_many_samples_at_once() -> None:
+    """More parties than asyncio's default pool holds (min(32, cores + 4)): with the default pool the barrier
+    would break; with the environment's own threads all meet. (A sandbox pool of 8 on 2 cores was capped at 6.)"""
+    parties = min(32, (os.cpu_count() or 1) + 4) + 1
+
+    async def go() -> list[SampleResult]:
+        cluster = _cluster(1)
+        client = _client(cluster.transport, cluster.urls)
+        await client.wait_healthy(5)
+        await client.update_weights("/w", 0)
+        roller = Roller(client, DigitTokenizer(), Sampling(max_new_tokens=4, max_seq_len=32, temperature=1.0))
+        out = await roller.group(env, Task(id="t", prompt="12>", answer=None), parties, min_step=0)
+        await client.aclose()
+        return out
+
+    env = Rendezvous(parties)
+    samples = asyncio.run(go())
+    assert [s.error for s in samples] == [None] * parties and all(s.reward == 1.0 for s in samples)
+    assert len(env.threads) == parties and all(t.startswith("env-rendezvous") for t in env.threads)
 
 
 def test_import_pulls_no_torch() -> None:

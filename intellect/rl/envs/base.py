@@ -7,7 +7,9 @@ This is the interface the orchestrator (rollouts, rewards, evals) and the traine
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,10 +104,21 @@ class Environment:
     stop: list[str] | None = None
     # (module, pip extra) pairs the rubric imports on first use; checked at launch and when the role builds it
     requires: tuple[tuple[str, str], ...] = ()
+    # threads of its own for score() and respond(), for an environment that blocks on work elsewhere (a sandbox
+    # pool of that size); 0: asyncio's shared default pool, which holds min(32, cores + 4) threads
+    workers: int = 0
 
     def __init__(self, **args: Any) -> None:
         self.args = args
         self.rubric = Rubric([])
+        self._executor: ThreadPoolExecutor | None = None
+
+    def executor(self) -> ThreadPoolExecutor | None:
+        """The pool that runs this environment's score() and respond() off the event loop (None: the default)."""
+        if self.workers > 0 and getattr(self, "_executor", None) is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=f"env-{self.name}")
+            weakref.finalize(self, self._executor.shutdown, wait=False)
+        return getattr(self, "_executor", None)
 
     @classmethod
     def preflight(cls, args: dict[str, Any], role: str) -> list[str]:

@@ -181,6 +181,7 @@ class Code(DatasetEnv):
         self.limits = Limits(memory_mb=memory_mb, processes=8)
         template = harness_request(harness_limits(timeout_s, self.limits))
         self.pool = SandboxPool(runner, sandbox_concurrency, sandbox_warm, template=template)
+        self.workers = sandbox_concurrency  # one scoring thread per sandbox the pool may run at once
         weakref.finalize(self, self.pool.close)
         self.rubric.funcs[0] = (self.tests_passed, self.rubric.funcs[0][1])
 

@@ -187,6 +187,7 @@ class PythonTool(GeneratedEnv):
         )
         template = Request([PYTHON, "-I", "-S", "-c", BOOTSTRAP], limits=limits)
         self.pool = SandboxPool(runner, sandbox_concurrency, sandbox_warm, template=template)
+        self.workers = sandbox_concurrency  # one scoring thread per sandbox the pool may run at once
         weakref.finalize(self, self.pool.close)
         self.sandbox_errors = 0
 

@@ -1,6 +1,7 @@
 """One rollout group: G samples of one task (single- or multi-turn), scored, turned into contract samples.
 
-Tokenization and scoring run in threads (``asyncio.to_thread``), never on the event loop, a group at a time: one
+Tokenization and scoring run in threads (tokenization in asyncio's default pool, scoring and tool replies in the
+environment's own pool when it has one: ``Environment.workers``), never on the event loop, a group at a time: one
 hop encodes the prompt; once the environment's scoring has been measured cheap (under ``CHEAP_SCORE_S`` a sample),
 one more hop decodes all G completions and scores them (single-turn), else one hop decodes them and scoring takes
 one hop per sample (in parallel). Each hop costs a thread wake-up and a return through the event loop: the 17
@@ -12,10 +13,11 @@ all-zero completion mask and advantage 0, and is counted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from intellect.rl.advantages import group_advantages, is_degenerate
 from intellect.rl.envs.base import Turn
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from intellect.rl.envs.base import Environment, Task
     from intellect.rl.orchestrator.tokens import Tokenizer
 
+T = TypeVar("T")
 CHEAP_SCORE_S = 0.002  # mean seconds per sample under which a group is scored in one thread hop
 
 
@@ -127,7 +130,7 @@ class Roller:
             return _fail(samples, f"inference: asked n={n}, got {len(comps)} choices")
         self.tokens += sum(len(c.token_ids) for c in comps)
         if env.max_turns == 1 and self._cheap(env):  # decode and score in one hop
-            await asyncio.to_thread(self._take_and_score, env, task, samples, comps, stamp)
+            await _in_env_thread(env, self._take_and_score, env, task, samples, comps, stamp)
             return samples
         texts = await asyncio.to_thread(lambda: [self.tok.decode(c.token_ids) for c in comps])
         _take(samples, comps, texts, stamp)
@@ -153,7 +156,7 @@ class Roller:
     ) -> None:
         """Tool reply (mask 0) then the model again, until the environment says the episode is over."""
         for _ in range(1, env.max_turns):
-            reply = await asyncio.to_thread(env.respond, task, list(sample.transcript))
+            reply = await _in_env_thread(env, env.respond, task, list(sample.transcript))
             if reply is None:
                 return
             tool_ids = await asyncio.to_thread(self.tok.encode, reply, False)
@@ -183,9 +186,9 @@ class Roller:
     async def _score_all(self, env: Environment, task: Task, samples: list[SampleResult]) -> None:
         """Score the group in one thread hop when the environment is known to score cheaply, else in parallel."""
         if self._cheap(env):
-            await asyncio.to_thread(self._score_each, env, task, samples)
+            await _in_env_thread(env, self._score_each, env, task, samples)
         else:
-            await asyncio.gather(*(asyncio.to_thread(self._score_each, env, task, [s]) for s in samples))
+            await asyncio.gather(*(_in_env_thread(env, self._score_each, env, task, [s]) for s in samples))
 
     def _score_each(self, env: Environment, task: Task, samples: list[SampleResult]) -> None:
         """In a worker thread: score ``samples`` one after the other and update the environment's mean."""
@@ -195,6 +198,12 @@ class Roller:
             took = time.perf_counter() - start
             mean = self.score_s.get(env.name)
             self.score_s[env.name] = took if mean is None else 0.9 * mean + 0.1 * took
+
+
+async def _in_env_thread(env: Environment, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the environment's own threads (``Environment.workers``), else in the default pool: a sandbox
+    pool of 8 must not wait behind the default pool's 6 threads on 2 cores."""
+    return await asyncio.get_running_loop().run_in_executor(env.executor(), functools.partial(fn, *args))
 
 
 def _take(samples: list[SampleResult], comps: list[Completion], texts: list[str], stamp: Stamp) -> None:
