@@ -151,6 +151,21 @@ class TestLocalExecutor:
         assert record["executor"] == "local" and record["job_id"]
         assert (run_dir / "recipe.resolved.yaml").exists() and (run_dir / "launch.sbatch").exists()
 
+    def test_a_dead_inference_server_does_not_end_the_run(self, tmp_path: Path) -> None:
+        """debug-cluster's two servers: the second dies early; trainer and orchestrator finish, the run passes,
+        and the loss is recorded in status/events and status/inference.exit."""
+        run_dir = tmp_path / "run"
+        proc = run_cli(
+            "launch", "recipes/debug-cluster.yaml", "--executor", "local", "--run-dir", str(run_dir),
+            env={"INTELLECT_PYTHON": str(FAKE_PYTHON), "FAKE_INFERENCE_DIE_RANK": "1", "FAKE_ROLE_SECONDS": "1.5"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert (run_dir / "status" / "inference.exit").read_text().split() == ["1"]
+        events = (run_dir / "status" / "events").read_text()
+        assert "inference-1 on 127.0.0.1 exited with 1; 1 of 2 inference servers left" in events, events
+        assert "fake inference rank=1" in (run_dir / "logs" / "inference-1.log").read_text()
+        assert (run_dir / "status" / "run.exit").read_text().strip() == "0"
+
     def test_failed_role_exits_1_naming_it(self, tmp_path: Path) -> None:
         proc = self._launch(tmp_path / "run", FAKE_TRAINER_EXIT="4")
         assert proc.returncode == 1

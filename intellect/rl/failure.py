@@ -24,8 +24,9 @@ CAUSE_SUFFIX = ".cause"
 
 
 def role_rank() -> int:
-    """This process's rank within its role (Slurm's task id, else torchrun's RANK, else 0)."""
-    for var in ("SLURM_PROCID", "RANK"):
+    """This process's rank within its role: the batch script's INTELLECT_ROLE_RANK (server i of a per-node
+    inference step), else Slurm's task id, else torchrun's RANK, else 0."""
+    for var in ("INTELLECT_ROLE_RANK", "SLURM_PROCID", "RANK"):
         value = os.environ.get(var, "")
         if value.isdigit():
             return int(value)

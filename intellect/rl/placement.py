@@ -13,8 +13,14 @@ def node_name() -> str:
 
 
 def announce(role: str) -> None:
-    rank = os.environ.get("SLURM_PROCID") or os.environ.get("RANK") or "0"
-    job = os.environ.get("SLURM_JOB_ID", "-")
+    """``<role> rank R on node N (job J, step S, pid P, CUDA_VISIBLE_DEVICES=...)``: where this rank runs and
+    which devices Slurm bound to it (``--gpus-per-task``), so distinct ranks on one node can be seen to hold
+    distinct devices."""
+    from intellect.rl.failure import role_rank
+
+    env = os.environ
     logging.getLogger(f"intellect.{role}").info(
-        "%s rank %s on node %s (job %s, pid %d)", role, rank, node_name(), job, os.getpid()
-    )
+        "%s rank %d on node %s (job %s, step %s, pid %d, CUDA_VISIBLE_DEVICES=%s)", role, role_rank(), node_name(),
+        env.get("SLURM_JOB_ID", "-"), env.get("SLURM_STEP_ID", "-"), os.getpid(),
+        env.get("CUDA_VISIBLE_DEVICES", "unset"),
+    )  # fmt: skip

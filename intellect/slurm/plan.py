@@ -23,6 +23,11 @@ class RolePlan:
     gpus_per_task: int
     command: list[str]
     env: dict[str, str]
+    # srun --cpus-per-task of each of its steps, stated on every step: srun 22.05 inherits the allocation's
+    # SLURM_CPUS_PER_TASK (96 with --ntasks-per-node=1 --cpus-per-task=96, so 8 ranks would ask 768) and 23.11+
+    # does not. 0: the node's CPUs (SLURM_CPUS_ON_NODE) shared by its tasks, for recipes without cpus_per_node.
+    cpus_per_task: int = 0
+    steps: str = "one"  # "one": one job step over all its nodes; "per_node": one step per node (inference)
 
     @property
     def index_range(self) -> str:
@@ -52,6 +57,8 @@ class Plan:
                 "node_index": r.index_range,
                 "tasks_per_node": r.tasks_per_node,
                 "gpus_per_task": r.gpus_per_task,
+                "cpus_per_task": r.cpus_per_task or "SLURM_CPUS_ON_NODE / tasks_per_node",
+                "steps": r.steps,
                 "command": r.command,
                 "env": r.env,
             }
@@ -76,6 +83,7 @@ def make_plan(
     c, r = recipe.cluster, recipe.roles
     gpn = c.gpus_per_node
     trainer_tasks = gpn if gpn else 1  # one rank per GPU; one process on a CPU node
+    cpus = c.cpus_per_node or 0
     t0, i0 = 0, r.trainer.nodes
     orch_index = t0 if r.orchestrator.placement == "trainer" else i0
     common = {"INTELLECT_RUN_DIR": run_dir, "INTELLECT_RECIPE": config}
@@ -85,6 +93,7 @@ def make_plan(
         first_index=t0,
         tasks_per_node=trainer_tasks,
         gpus_per_task=1 if gpn else 0,
+        cpus_per_task=cpus // trainer_tasks,
         command=_role_command("trainer", config),
         env={
             **common,
@@ -99,6 +108,9 @@ def make_plan(
         first_index=i0,
         tasks_per_node=1,
         gpus_per_task=gpn,
+        cpus_per_task=cpus,
+        # one step per node: a node lost ends its own step only (--kill-on-bad-exit), never its siblings'
+        steps="per_node",
         command=_role_command("inference", config),
         env={**common, "INFERENCE_PORT": str(r.inference.port), "INFERENCE_BACKEND": r.inference.backend},
     )
@@ -108,6 +120,7 @@ def make_plan(
         first_index=orch_index,
         tasks_per_node=1,
         gpus_per_task=0,
+        cpus_per_task=1,  # beside the trainer on its node, sharing its CPUs (--overlap)
         command=_role_command("orchestrator", config),
         env={
             **common,
@@ -150,6 +163,9 @@ def sbatch_options(recipe: Recipe, run_dir: str, exclude: list[str]) -> dict[str
     opts["output"] = f"{run_dir}/logs/sbatch-%j.log"
     opts["open-mode"] = "append"
     opts["requeue"] = True
+    # A lost node does not end the job: the batch script decides (an inference node: go on with the rest; a trainer
+    # node: requeue, to resume from the last checkpoint on healthy nodes).
+    opts["no-kill"] = True
     return opts
 
 

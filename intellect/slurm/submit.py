@@ -111,7 +111,7 @@ def _slurm_parameters(plan: Plan, timeout_min: int) -> dict[str, Any]:
         "ntasks_per_node": 1,
         "time": timeout_min,
         "use_srun": False,  # the batch script itself splits the allocation with srun steps
-        "additional_parameters": {"requeue": True, "open-mode": "append"},
+        "additional_parameters": {"requeue": True, "no-kill": True, "open-mode": "append"},
     }
     for key in ("partition", "account", "qos", "mem", "exclude"):
         if key in s:

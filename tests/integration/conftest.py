@@ -31,12 +31,12 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loopback
 
 @pytest.fixture(scope="session")
 def dev_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevClusterHandle]:
-    """`intellect dev-cluster up --nodes 3`, once for the session: nspawn nodes provisioned by our playbooks.
+    """`intellect dev-cluster up --nodes 4`, once for the session: nspawn nodes provisioned by our playbooks.
 
     The first run builds the base image with debootstrap and the node image (about 70 s together) and caches
     them in /var/cache/intellect/devcluster. It uses its own bridge, subnet and state folder, and always tears down.
 
-    To iterate on these tests, point INTELLECT_TEST_DEVCLUSTER_DIR at the state folder of a 3-node cluster you
+    To iterate on these tests, point INTELLECT_TEST_DEVCLUSTER_DIR at the state folder of a 4-node cluster you
     started yourself: it is used as it is and left up (the `down` test is skipped)."""
     reason = skip_reason()
     if reason:

@@ -18,7 +18,7 @@ from typing import Any
 from intellect.devcluster.cluster import DevCluster
 
 BRIDGE, PREFIX = "itl-test0", "10.214.0"
-NODES = 3
+NODES = 4  # recipes/intellect3-dev.yaml's shape: 2 trainer + 2 inference nodes
 
 
 def skip_reason() -> str | None:

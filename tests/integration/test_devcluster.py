@@ -1,4 +1,4 @@
-"""The dev cluster end to end: 3 nspawn nodes provisioned with the production playbooks (the session's
+"""The dev cluster end to end: 4 nspawn nodes provisioned with the production playbooks (the session's
 `dev_cluster` fixture boots them once), then Slurm, the exporters, a no-change rerun, and `down`.
 
 Needs root, systemd-container, debootstrap and zstd (scripts/debian-deps) and the ops extra (ansible-core,
@@ -23,22 +23,22 @@ from tests.integration.devcluster import BRIDGE, PREFIX, host_intellect, wait
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
-def test_slurm_runs_across_three_nodes(dev_cluster) -> None:  # type: ignore[no-untyped-def]
-    dev = dev_cluster.dev
+def test_slurm_runs_across_every_node(dev_cluster) -> None:  # type: ignore[no-untyped-def]
+    dev, names, n = dev_cluster.dev, list(dev_cluster.names), len(dev_cluster.names)
 
     def idle() -> list[str]:
         out = dev.ssh(1, "sinfo -h -N -o '%N %t'").stdout.split("\n")
         lines = [line.split() for line in out if line.strip()]
-        return [n for n, s in lines if s == "idle"] if len(lines) == 3 else []
+        return [n for n, s in lines if s == "idle"] if len(lines) == len(names) else []
 
-    assert sorted(wait(idle)) == ["node1", "node2", "node3"]
-    run = dev.ssh(1, "srun -N3 hostname")
+    assert sorted(wait(idle)) == names
+    run = dev.ssh(1, f"srun -N{n} hostname")
     assert run.returncode == 0, run.stderr
-    assert sorted(run.stdout.split()) == ["node1", "node2", "node3"]
+    assert sorted(run.stdout.split()) == names
 
     def accounted() -> str:
         out = dev.ssh(1, "sacct -a -X -n -P -o JobName,State,NNodes -S now-1hours").stdout
-        return out if "hostname|COMPLETED|3" in out else ""
+        return out if f"hostname|COMPLETED|{n}" in out else ""
 
     assert wait(accounted, 20), dev.ssh(1, "sacct -a -X -n -P -S now-1hours").stdout
 
@@ -71,16 +71,16 @@ def test_intellect_runs_on_the_nodes_from_the_software_share(dev_cluster) -> Non
     res = host_intellect("dev-cluster", "ssh", "--", "hostname", env=dev_cluster.env)  # node1 by default
     assert res.returncode == 0 and res.stdout.strip() == "node1", res.stderr
     res = host_intellect("dev-cluster", "ssh", "node9", env=dev_cluster.env)
-    assert (
-        res.returncode == 2 and "unknown dev-cluster node 'node9' (nodes: node1, node2, node3)" in res.stderr
-    )
+    known = ", ".join(dev_cluster.names)
+    assert res.returncode == 2 and f"unknown dev-cluster node 'node9' (nodes: {known})" in res.stderr
 
 
 def test_each_node_has_its_own_ssh_host_key(dev_cluster) -> None:  # type: ignore[no-untyped-def]
     keys = [
-        dev_cluster.dev.ssh(i, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1] for i in (1, 2, 3)
+        dev_cluster.dev.ssh(i, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1]
+        for i in range(1, len(dev_cluster.names) + 1)
     ]
-    assert len(set(keys)) == 3
+    assert len(set(keys)) == len(dev_cluster.names)
 
 
 def test_node_image_leaves_keys_and_daemons_to_the_playbooks(dev_cluster) -> None:  # type: ignore[no-untyped-def]
@@ -96,7 +96,7 @@ def test_node_image_leaves_keys_and_daemons_to_the_playbooks(dev_cluster) -> Non
     cluster_key = subprocess.run(
         ["sha256sum", str(dev.state_dir / "munge.key")], capture_output=True, text=True, check=True
     ).stdout.split()[0]
-    for i in (1, 2, 3):
+    for i in range(1, len(dev_cluster.names) + 1):
         out = dev.ssh(i, "sha256sum /etc/munge/munge.key; systemctl is-enabled munge slurmd").stdout.split()
         assert out[0] == cluster_key and out[2:] == ["enabled", "enabled"], out
 
@@ -106,8 +106,8 @@ def test_second_provision_changes_nothing(dev_cluster) -> None:  # type: ignore[
     res = host_intellect("provision", "-i", str(dev.inventory_dir), "--json", env=dev_cluster.env)
     assert res.returncode == 0, res.stderr[-3000:]
     recap = json.loads(res.stdout)
-    assert sorted(recap["hosts"]) == ["node1", "node2", "node3"]
-    assert {h: r["changed"] for h, r in recap["hosts"].items()} == {"node1": 0, "node2": 0, "node3": 0}, (
+    assert sorted(recap["hosts"]) == list(dev_cluster.names)
+    assert {h: r["changed"] for h, r in recap["hosts"].items()} == dict.fromkeys(dev_cluster.names, 0), (
         recap["changed_tasks"]
     )
 
@@ -122,7 +122,7 @@ def test_down_leaves_nothing_behind(dev_cluster) -> None:  # type: ignore[no-unt
     pids = [int(p) for p in dev.read_state()["pids"].values()]
     ports = subprocess.run(["ip", "-o", "link", "show", "master", BRIDGE], capture_output=True, text=True)
     veths = [line.split(":")[1].strip().split("@")[0] for line in ports.stdout.splitlines()]
-    assert len(veths) == 3  # the host's end of each node's link
+    assert len(veths) == len(dev_cluster.names)  # the host's end of each node's link
     res = host_intellect("dev-cluster", "down", env=dev_cluster.env)
     assert res.returncode == 0, res.stderr
     assert wait(lambda: not [p for p in pids if nodes.alive(p)], 10)  # PID 1 may reap late
@@ -171,7 +171,7 @@ def test_health_on_the_login_node_needs_no_flags(dev_cluster) -> None:  # type: 
     # the verdict column of `intellect nodes`, from the same site file
     listed = json.loads(dev_cluster.cli("nodes", "--json").stdout)["nodes"]
     assert {n["name"]: n["health"] for n in listed} == dict.fromkeys(dev_cluster.names, "ok")
-    # and the launch's health gate, on with no --prometheus, vouches for all three
+    # and the launch's health gate, on with no --prometheus, vouches for every node
     data = yaml.safe_load((ROOT / "recipes" / "debug-cluster.yaml").read_text())
     data["cluster"]["health"]["gate"] = True
     folder = dev_cluster.fresh_dir("gated")
@@ -181,7 +181,7 @@ def test_health_on_the_login_node_needs_no_flags(dev_cluster) -> None:  # type: 
     proc = dev_cluster.cli("launch", str(recipe), "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     gate = json.loads(proc.stdout)["health_gate"]
-    assert gate["status"] == "passed" and gate["exclude"] == [] and gate["checked"] == 3, gate
+    assert gate["status"] == "passed" and gate["exclude"] == [] and gate["checked"] == len(dev_cluster.names), gate
 
 
 def test_the_watchdog_drains_only_the_node_whose_exporter_reports_a_fault(dev_cluster) -> None:  # type: ignore[no-untyped-def]

@@ -87,3 +87,73 @@ def test_bad_recipe_submits_nothing(slurm_cluster, tmp_path: Path) -> None:
         ["squeue", "-h", "-a"], capture_output=True, text=True, env=slurm_cluster.env()
     ).stdout
     assert after == before
+
+
+def _recipe(tmp_path: Path, trainer: int, inference: int) -> Path:
+    """debug-cluster's recipe with another split of the loopback cluster's 3 nodes."""
+    import yaml
+
+    data = yaml.safe_load(Path("recipes/debug-cluster.yaml").read_text())
+    data["cluster"]["nodes"] = trainer + inference
+    data["roles"]["trainer"]["nodes"], data["roles"]["inference"]["nodes"] = trainer, inference
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _launch_recipe(cluster, recipe: Path, run_dir: Path, **env: str):
+    return run_cli(
+        "launch", str(recipe), "--executor", "slurm", "--run-dir", str(run_dir),
+        env={"SLURM_CONF": str(cluster.conf), "INTELLECT_PYTHON": str(FAKE_PYTHON), **env},
+    )  # fmt: skip
+
+
+def test_a_dead_inference_server_ends_only_its_own_step(slurm_cluster, tmp_path: Path) -> None:
+    """Two inference servers, one job step each: the second dies early (exit 1). Its step ends; the first
+    server, the trainer and the orchestrator go on and the job completes, with the loss recorded."""
+    run_dir = tmp_path / "run"
+    proc = _launch_recipe(
+        slurm_cluster, _recipe(tmp_path, 1, 2), run_dir, FAKE_INFERENCE_DIE_RANK="1", FAKE_ROLE_SECONDS="3"
+    )
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip()
+    assert _wait_job(slurm_cluster, job) == "COMPLETED", (run_dir / "status").iterdir()
+    events = (run_dir / "status" / "events").read_text()
+    assert "inference-1 on node-3 exited with 1; 1 of 2 inference servers left" in events, events
+    assert (run_dir / "status" / "run.exit").read_text().strip() == "0"
+    assert "fake inference rank=1 node=node-3" in (run_dir / "logs" / "inference-1.log").read_text()
+    assert "fake inference rank=0 node=node-2" in (run_dir / "logs" / "inference-0.log").read_text()
+
+
+def test_losing_a_trainer_node_requeues_the_job(slurm_cluster, tmp_path: Path) -> None:
+    """Trainer over 2 nodes (--no-kill allocation): node-2, trainer rank 1's, goes DOWN mid-run. Its step fails,
+    the batch script sees Slurm mark the node down and requeues the job (to resume from its checkpoint)."""
+    env = slurm_cluster.env()
+    run_dir = tmp_path / "run"
+    proc = _launch_recipe(slurm_cluster, _recipe(tmp_path, 2, 1), run_dir, FAKE_ROLE_SECONDS="60")
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip()
+    try:
+        deadline = time.monotonic() + 60
+        while not (run_dir / "logs" / "trainer-1.log").exists() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert "node=node-2" in (run_dir / "logs" / "trainer-1.log").read_text()
+        subprocess.run(["scontrol", "update", "NodeName=node-2", "State=DOWN", "Reason=test: lost"],
+                       check=True, env=env)  # fmt: skip
+        fields: dict[str, str] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["scontrol", "-o", "show", "job", job], capture_output=True, text=True, env=env
+            )
+            fields = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+            if fields.get("Restarts") == "1":
+                break
+            time.sleep(0.5)
+        assert fields.get("Restarts") == "1", fields
+        events = (run_dir / "status" / "events").read_text()
+        assert "trainer node(s) lost: node-2:DOWN" in events and f"requeueing job {job}" in events, events
+        assert "requeued (restart 1)" in (run_dir / "status" / "job.cause").read_text()
+    finally:
+        subprocess.run(["scancel", job], env=env)
+        subprocess.run(["scontrol", "update", "NodeName=node-2", "State=RESUME"], env=env)

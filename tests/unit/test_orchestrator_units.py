@@ -325,6 +325,54 @@ def test_client_retries_on_another_server_and_recovers_weights() -> None:
     asyncio.run(go())
 
 
+def test_a_server_gone_silent_is_found_by_the_liveness_probe_and_its_requests_rerouted() -> None:
+    """A powered-off node neither answers nor resets: its requests in flight would wait for the 600 s request
+    timeout. The probe asks /health while requests are in flight; two misses mark it down, its requests go to the
+    other server, and a weight update does not wait on it."""
+
+    async def go() -> None:
+        cluster = _cluster(2, latency=lambda rng: 0.2, restart_step=0)
+        client = _client(cluster.transport, cluster.urls, liveness_every_s=0.05, retry_for_s=5.0)
+        await client.wait_healthy(5)
+        await client.update_weights("/w/step_1", 1)
+        gone = cluster.servers["http://s0:80"]
+        stamps = [Stamp() for _ in range(6)]
+        work = asyncio.gather(*(client.complete(PAYLOAD, min_step=1, stamp=s) for s in stamps))
+        await asyncio.sleep(0.05)
+        assert gone.inflight == 3  # spread over both servers
+        gone.power_off()
+        outs = await asyncio.wait_for(work, 10)
+        assert all(len(o) == 2 for o in outs) and client.lost == 1 and not client.servers[0].up
+        rerouted = [s for s in stamps if s.attempts == 2]
+        assert len(rerouted) == 3 and all(s.server == "http://s1:80" for s in rerouted)
+        await asyncio.wait_for(client.update_weights("/w/step_2", 2), 5)  # s0 is down: not waited on
+        assert client.min_step() == 2
+        gone.restart()  # power back on with weights 0: brought to step 2 before it is used again
+        for _ in range(1000):  # (its recovery probe in flight while it was silent times out after 5 s)
+            if client.servers[0].up:
+                break
+            await asyncio.sleep(0.01)
+        assert client.servers[0].up and gone.updates[-1] == 2
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_weight_push_to_a_server_that_goes_silent_does_not_hang() -> None:
+    async def go() -> None:
+        cluster = _cluster(2, update_delay_s=0.3)
+        client = _client(cluster.transport, cluster.urls, liveness_every_s=0.05)
+        await client.wait_healthy(5)
+        push = asyncio.create_task(client.update_weights("/w/step_1", 1))
+        await asyncio.sleep(0.05)
+        cluster.servers["http://s0:80"].power_off()
+        await asyncio.wait_for(push, 5)
+        assert [s.up for s in client.servers] == [False, True] and client.min_step() == 1
+        await client.aclose()
+
+    asyncio.run(go())
+
+
 def test_client_spreads_by_least_inflight() -> None:
     async def go() -> None:
         cluster = _cluster(2, latency=lambda rng: 0.02)

@@ -42,6 +42,7 @@ SBATCH_22_05 = {
     "error",
     "open-mode",
     "requeue",
+    "no-kill",
     "signal",
     "gres",
     "constraint",
@@ -93,9 +94,10 @@ def test_intellect3_split_is_explicit() -> None:
     assert 'INFERENCE_NODES=("${NODES[@]:16:44}")' in text
     assert 'ORCHESTRATOR_NODE="${NODES[0]}"' in text
     assert "MASTER_PORT=29500" in text
-    assert "logs/$role-%t.log" in text
-    assert "run_role trainer 16 8 1" in text  # 16 nodes x 8 ranks, one GPU each
-    assert "run_role inference 44 1 8" in text  # one vLLM server per node over 8 GPUs
+    assert 'log="$RUN_DIR/logs/$step-%t.log"' in text
+    assert "run_role trainer 16 8 1 12" in text  # 16 nodes x 8 ranks, one GPU and 12 of the 96 CPUs each
+    assert 'run_role "inference-$i" 1 1 8 96' in text  # one vLLM server per node over 8 GPUs, a step each
+    assert "#SBATCH --no-kill" in text  # a lost node does not end the job: the script decides
 
 
 def test_run_dir_with_spaces_is_quoted(tmp_path: Path) -> None:

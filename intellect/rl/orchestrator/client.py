@@ -6,6 +6,10 @@
   same one once it is back). A server that comes back is probed on ``/health`` and brought to the current
   weights before it gets requests again (a restarted server may hold older weights). After ``retry_for_s``
   with no server up the request fails with ``InferenceError``.
+- A server that stops answering without failing (its node lost power: no connection reset, only silence) is found
+  by a liveness probe: while requests are in flight to it, ``/health`` is asked every ``liveness_every_s``; after
+  ``liveness_misses`` unanswered probes it is marked down and its requests in flight are abandoned and rerouted
+  (a generation may take minutes, so the request timeout cannot be what notices).
 - Each request is stamped with the weight steps that produced it: ``first`` = the server's confirmed step when
   the (successful) attempt was sent, ``last`` = its step when the answer came, or the step of an update in
   flight to it (an upper bound: the update may have landed mid-generation).
@@ -64,6 +68,8 @@ class Server:
     inflight: int = 0
     failures: int = 0
     recovering: asyncio.Task[None] | None = field(default=None, repr=False)
+    misses: int = 0  # liveness probes in a row that got no answer
+    scopes: set[asyncio.Timeout] = field(default_factory=set, repr=False)  # of its requests in flight
 
     def ready_for(self, min_step: int) -> bool:
         return self.up and self.step is not None and self.step >= min_step
@@ -93,6 +99,8 @@ class InferenceClient:
         retry_for_s: float = 120.0,
         backoff_s: tuple[float, float] = (0.05, 2.0),
         probe_every_s: float = 0.25,
+        liveness_every_s: float = 5.0,
+        liveness_misses: int = 2,
     ) -> None:
         if not urls:
             raise InferenceError("no inference server given", hint="set INFERENCE_URLS=http://host:port,...")
@@ -109,12 +117,17 @@ class InferenceClient:
         self.retry_for_s = retry_for_s
         self.backoff_s = backoff_s
         self.probe_every_s = probe_every_s
+        self.liveness_every_s, self.liveness_misses = liveness_every_s, liveness_misses
+        self._liveness: asyncio.Task[None] | None = None
+        self.lost = 0  # servers found silent by the liveness probe
         self.target: tuple[str, int] | None = None  # the weights every server should run
         self._changed = asyncio.Condition()
         self.retries = 0
 
     async def aclose(self) -> None:
         tasks = [s.recovering for s in self.servers if s.recovering is not None]
+        if self._liveness is not None:
+            tasks.append(self._liveness)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -127,8 +140,12 @@ class InferenceClient:
 
     # ------------------------------------------------------------------------------------------ health
 
-    async def health(self, server: Server) -> dict[str, Any]:
-        resp = await self._http.get(server.url + "/health", timeout=5.0)
+    async def health(self, server: Server, timeout_s: float = 5.0) -> dict[str, Any]:
+        try:  # asyncio's timeout, not only httpx's: it also bounds a transport that never answers
+            async with asyncio.timeout(timeout_s):
+                resp = await self._http.get(server.url + "/health", timeout=timeout_s)
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(f"{server.url}/health: no answer in {timeout_s:.0f} s") from exc
         resp.raise_for_status()
         data: dict[str, Any] = resp.json()
         return data
@@ -163,11 +180,19 @@ class InferenceClient:
         if server.step is not None and server.step >= step:
             return
         server.pending = step
+        self._watch()
         try:
-            resp = await self._http.post(server.url + "/update_weights", json={"path": path, "step": step})
+            async with asyncio.timeout(None) as scope:  # a server gone silent must not hold every update back
+                server.scopes.add(scope)
+                try:
+                    resp = await self._http.post(
+                        server.url + "/update_weights", json={"path": path, "step": step}
+                    )
+                finally:
+                    server.scopes.discard(scope)
             resp.raise_for_status()
             got = _as_step(resp.json().get("step", step))
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, TimeoutError) as exc:
             self._mark_down(server, exc)
             await self._notify()  # the oldest weights among the servers up may have moved (wait_all_at)
             return
@@ -201,9 +226,15 @@ class InferenceClient:
             server = await self._pick(min_step, deadline)
             stamp.first, stamp.server, stamp.attempts = server.step, server.url, stamp.attempts + 1
             server.inflight += n
+            self._watch()
             try:
-                data = await self._post_completion(server, payload)
-            except (httpx.TransportError, _Retryable) as exc:
+                async with asyncio.timeout(None) as scope:  # the liveness probe ends it if the server goes silent
+                    server.scopes.add(scope)
+                    try:
+                        data = await self._post_completion(server, payload)
+                    finally:
+                        server.scopes.discard(scope)
+            except (httpx.TransportError, _Retryable, TimeoutError) as exc:
                 if isinstance(exc, httpx.TransportError):
                     self._mark_down(server, exc)
                 self.retries += 1
@@ -267,6 +298,34 @@ class InferenceClient:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+    # ------------------------------------------------------------------------------------------ liveness
+
+    def _watch(self) -> None:
+        if self._liveness is None or self._liveness.done():
+            self._liveness = asyncio.create_task(self._probe_busy(), name="inference-liveness")
+
+    async def _probe_busy(self) -> None:
+        """Every ``liveness_every_s``: ask ``/health`` of each server that is up with requests in flight."""
+        while True:
+            await asyncio.sleep(self.liveness_every_s)
+            busy = [s for s in self.servers if s.up and s.scopes]
+            await asyncio.gather(*(self._probe(s) for s in busy))
+
+    async def _probe(self, server: Server) -> None:
+        try:
+            await self.health(server, self.liveness_every_s)
+            server.misses = 0
+        except (httpx.HTTPError, ValueError):
+            server.misses += 1
+        if server.misses < self.liveness_misses or not server.up:
+            return
+        self.lost += 1
+        self._mark_down(server, TimeoutError(f"{server.misses} liveness probes unanswered"))
+        now = asyncio.get_running_loop().time()
+        for scope in list(server.scopes):
+            scope.reschedule(now)  # its request raises TimeoutError and is rerouted
+        server.misses = 0
 
     # ------------------------------------------------------------------------------------------ recovery
 

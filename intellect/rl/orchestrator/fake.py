@@ -32,6 +32,7 @@ class FakeServer:
     capacity: int | None = None  # most requests decoded at once (the rest queue), like a server's max batch
     step: int | None = None
     up: bool = True
+    silent: bool = False  # powered off: requests neither answer nor fail (no RST from a dead host)
     epoch: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     inflight: int = 0
@@ -48,8 +49,16 @@ class FakeServer:
     def restart(self) -> None:
         self.step = self.restart_step
         self.up = True
+        self.silent = False
+
+    def power_off(self) -> None:
+        """The node is gone: nothing answers, every request in flight and every new one hangs."""
+        self.silent = True
+        self.epoch += 1
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.silent:
+            await asyncio.Event().wait()  # until the client gives up (its timeout or its cancel)
         if not self.up:
             raise httpx.ConnectError("connection refused", request=request)
         path = request.url.path
@@ -58,6 +67,8 @@ class FakeServer:
         body = json.loads(request.content or b"{}")
         if path == "/update_weights":
             await asyncio.sleep(self.update_delay_s)
+            if self.silent:
+                await asyncio.Event().wait()
             self.step = int(body["step"])
             self.updates.append(self.step)
             return httpx.Response(200, json={"step": self.step})
@@ -79,6 +90,8 @@ class FakeServer:
                 await asyncio.sleep(self.latency(self.rng))
         finally:
             self.inflight -= 1
+        if self.silent:
+            await asyncio.Event().wait()
         if self.epoch != epoch or not self.up:
             self.broken += 1
             raise httpx.RemoteProtocolError("server disconnected", request=request)

@@ -60,10 +60,24 @@ def master_address(env: Mapping[str, str] | None = None) -> str:
     return "127.0.0.1"
 
 
+def device_index(local_rank: int, visible: int) -> int:
+    """The CUDA device of this rank among the ``visible`` ones. Slurm's ``--gpus-per-task=1`` leaves each task one
+    visible device (index 0, whatever its local rank); torchrun leaves all of them (index = local rank)."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise RuntimeError(
+            f"local rank {local_rank} but only {visible} CUDA device(s) visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): one GPU per rank is needed"
+        )
+    return local_rank
+
+
 def pick_device(info: DistInfo) -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(info.local_rank)
-        return torch.device("cuda", info.local_rank)
+        index = device_index(info.local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
