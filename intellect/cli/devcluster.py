@@ -1,4 +1,5 @@
-"""``intellect dev-cluster up | status | down``: a several-node Slurm cluster on this machine (needs root)."""
+"""``intellect dev-cluster up | status | down | ssh``: a several-node Slurm cluster on this machine (needs root),
+and the faults to break it with: ``power-off``, ``power-on`` and ``degrade`` of one node."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from intellect.cli.output import data_console, emit_json, status
+from intellect.cli.output import data_console, emit_json, status, verbatim
 
 
 def _cluster(state_dir: Path | None):  # type: ignore[no-untyped-def]
@@ -70,11 +71,13 @@ def status_cmd(state_dir: Path | None, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table(title=f"dev cluster in {info['state_dir']}", title_justify="left")
-    for col in ("node", "address", "running", "ssh"):
+    table = Table(title=f"dev cluster in {verbatim(info['state_dir'])}", title_justify="left")
+    for col in ("node", "address", "power", "ssh", "link"):
         table.add_column(col)
     for n in info["nodes"]:
-        table.add_row(n["name"], n["address"], "yes" if n["running"] else "NO", "yes" if n["ssh"] else "NO")
+        power = "FAILED" if n["power"] == "failed" else n["power"]
+        ssh = "-" if not n["running"] else "yes" if n["ssh"] else "NO"
+        table.add_row(n["name"], n["address"], power, ssh, verbatim(n["link"] or "-"))
     data_console().print(table)
     status(f"inventory: {info['inventory']}  shared: {info['shared']}  login: {info['ssh']}")
 
@@ -105,17 +108,62 @@ def ssh_cmd(node: str, command: tuple[str, ...], state_dir: Path | None) -> None
     import re
     import shlex
 
-    from intellect.devcluster.inventory import node_names
-    from intellect.errors import UsageError
-
     cluster = _cluster(state_dir)
-    names = node_names(int(cluster.read_state().get("nodes", 0)))
     if not re.fullmatch(r"node\d+", node):  # `ssh -- CMD`: NODE was left out, this is the command
         node, command = "node1", (node, *command)
-    if node not in names:
-        known = ", ".join(names) or "none: start one with intellect dev-cluster up"
-        raise UsageError(f"unknown dev-cluster node {node!r} (nodes: {known})")
+    index = cluster.node_index(node)
     cd = f"cd {shlex.quote(str(cluster.shared_dir))} && exec "
     remote = cd + (shlex.join(command) if command else "${SHELL:-/bin/bash} -l")
-    argv = cluster.ssh_argv(names.index(node) + 1, remote, tty=not command)
+    argv = cluster.ssh_argv(index, remote, tty=not command)
     os.execvp(argv[0], argv)
+
+
+@dev_cluster.command("power-off")
+@click.argument("node")
+@STATE_DIR
+def power_off_cmd(node: str, state_dir: Path | None) -> None:
+    """Cut NODE's power: every process of it is killed at once, with no shutdown, as a real node losing power.
+
+    Returns once none of them is left. Its disk (the overlay's upper layer) is kept for power-on; Slurm marks
+    the node not responding, then down, after its SlurmdTimeout. Powering off an off node does nothing."""
+    _cluster(state_dir).power_off(node, status)
+
+
+@dev_cluster.command("power-on")
+@click.argument("node")
+@STATE_DIR
+def power_on_cmd(node: str, state_dir: Path | None) -> None:
+    """Boot NODE again from its kept disk; returns once its sshd answers (its systemd starts munge and slurmd).
+
+    Powering on a running node says so and does nothing."""
+    _cluster(state_dir).power_on(node, status)
+
+
+@dev_cluster.command("degrade")
+@click.argument("node")
+@click.option(
+    "--rate", default=None, metavar="RATE", help="Link rate, as tc writes it: 10mbit, 500kbit, 2mbps..."
+)
+@click.option("--clear", is_flag=True, help="Remove the slowdown: the link runs at full speed again.")
+@STATE_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print both ends' qdiscs as JSON on stdout.")
+def degrade_cmd(node: str, rate: str | None, clear: bool, state_dir: Path | None, as_json: bool) -> None:
+    """Slow NODE's link to RATE, both ways (a tbf qdisc on each end of its veth), or --clear it.
+
+    \b
+    intellect dev-cluster degrade node3 --rate 10mbit
+    intellect dev-cluster degrade node3 --clear
+    """
+    from intellect.errors import UsageError
+
+    if clear == (rate is not None):
+        raise UsageError("degrade takes --rate RATE or --clear (one of them)")
+    ends = _cluster(state_dir).degrade(node, None if clear else rate)
+    if as_json:
+        emit_json({"node": node, "ends": [end.as_json() for end in ends]})
+        return
+    for end in ends:
+        towards = "to" if end.side == "host" else "from"
+        status(
+            f"{node}: {verbatim(end.qdisc.describe())} on {verbatim(end.device)} (traffic {towards} {node})"
+        )

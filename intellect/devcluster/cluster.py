@@ -5,6 +5,11 @@ Layout under the state folder (``INTELLECT_DEVCLUSTER_DIR``, default /var/lib/in
 ``munge.key``, ``inventory/``, ``facts/``, ``logs/``, ``state.json``, and ``shared/``, bound into every node at
 the same path (it stands for Lustre/NFS; ``down`` keeps it, it holds users' run folders).
 
+``state.json`` records the node count, the bridge, each running node's nspawn PID, the nodes powered off
+(``off``) and how a node is booted (its lower layer and binds), so that ``power-on`` boots a node again the way
+``up`` did. The faults, one node at a time: ``power-off`` (every process SIGKILLed at once; the upper layer stays,
+as a disk would), ``power-on``, and ``degrade`` (a tbf qdisc on both ends of the node's link).
+
 The software share: the running intellect's checkout, its venv and the Python the venv was made from are bound
 read-only into every node at their host paths, as a site's software share would be. So ``intellect`` on a node
 (``/usr/local/bin/intellect``) and the roles of a job that Slurm starts there run the same code and interpreter
@@ -13,13 +18,16 @@ as the host, with nothing installed in the nodes.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +99,24 @@ def require_root_and_tools() -> None:
         )
 
 
+@dataclass(frozen=True)
+class LinkEnd:
+    """One end of a node's link and its root qdisc: the host's end (``vb-...``) shapes the traffic to the node,
+    the node's end (host0, in its network namespace) the traffic from it."""
+
+    device: str
+    side: str  # "host" or "node"
+    qdisc: nodes.Qdisc
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "side": self.side,
+            "qdisc": self.qdisc.kind,
+            "rate_bit": self.qdisc.rate,
+        }
+
+
 @dataclass
 class DevCluster:
     state_dir: Path
@@ -125,12 +151,16 @@ class DevCluster:
 
     # ------------------------------------------------------------------------------------------ up
     def boot(self, count: int, log: Log) -> bool:
-        """Boot ``count`` nodes (or keep the running ones). Returns True when nodes were (re)booted."""
+        """Boot ``count`` nodes (or keep the running ones, powering on those powered off). Returns True when
+        nodes were (re)booted."""
         require_root_and_tools()
         if count < 1 or count > 200:
             raise UsageError(f"--nodes must be between 1 and 200, not {count}")
         state = self.read_state()
-        if state and state.get("nodes") == count and self._all_running(state):
+        off = [n for n in node_names(count) if not self._running(state, n)]
+        if state and state.get("nodes") == count and set(off) <= set(state.get("off", [])):
+            for name in off:
+                self.power_on(name, log)
             log(f"{count} node(s) already running; re-provisioning")
             self._write_inventory(count)  # this version's settings, not the ones the nodes were booted with
             self._link_recipes()
@@ -139,34 +169,58 @@ class DevCluster:
             log("cleaning up an earlier dev cluster first")
             self.teardown(log)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._boot_nodes(count, log)
+        self._write_inventory(count)
+        self._link_recipes()
+        log(f"{count} node(s) booted on {self.net.bridge} ({self.net.subnet}, no route out)")
+        return True
+
+    def _boot_nodes(self, count: int, log: Log) -> None:
         # the node image is every node's read-only lower layer; the repository was made with it
         base = image.ensure_node_image(image.ensure_base_image(log), log)
         repo = image.ensure_repo(base, log=log)
         self._prepare_secrets()
         nodes.bridge_up(self.net)
-        pids = {}
+        pids: dict[str, int] = {}
         share = software_share()
+        binds = [f"--bind-ro={repo}:{REPO_IN_NODE}", f"--bind={self.shared_dir}:{self.shared_dir}"]
+        binds += [f"--bind-ro={path}:{path}" for path in share]
+        (self.state_dir / "logs").mkdir(exist_ok=True)
         for i, name in enumerate(node_names(count), start=1):
             root = nodes.overlay_mount(base, self.state_dir / "nodes" / name)
             self._customize(root, name, self.net.node_addr(i))
-            binds = [f"--bind-ro={repo}:{REPO_IN_NODE}", f"--bind={self.shared_dir}:{self.shared_dir}"]
-            binds += [f"--bind-ro={path}:{path}" for path in share]
-            logs = self.state_dir / "logs"
-            logs.mkdir(exist_ok=True)
-            pids[name] = nodes.spawn_node(name, root, self.net, binds, logs / f"{name}.console.log")
+            pids[name] = nodes.spawn_node(name, root, self.net, binds, self._console_log(name))
             self._write_state(
-                {"nodes": count, "pids": pids, "net": vars(self.net), "software": [str(p) for p in share]}
+                {
+                    "nodes": count,
+                    "pids": pids,
+                    "net": vars(self.net),
+                    "software": [str(p) for p in share],
+                    # how power-on boots a node again, the same way: its lower layer and its binds
+                    "lower": str(base),
+                    "binds": binds,
+                    "off": [],
+                }
             )
         for i, name in enumerate(node_names(count), start=1):
-            if not nodes.wait_for_port(self.net.node_addr(i), 22, timeout=60):
+            self._wait_for_ssh(i, pids[name], hint="intellect dev-cluster down")
+
+    def _wait_for_ssh(self, index: int, pid: int, hint: str, timeout: float = 60) -> None:
+        """Until the node's sshd answers; an error as soon as its nspawn exits, or after ``timeout``."""
+        name, deadline = node_names(index)[-1], time.monotonic() + timeout
+        while not nodes.wait_for_port(self.net.node_addr(index), 22, timeout=1):
+            if not nodes.is_node_nspawn(pid, self.net.bridge, name):
                 raise IntellectError(
-                    f"{name} did not answer on SSH within 60 s",
-                    hint=f"see {self.state_dir}/logs/{name}.console.log; intellect dev-cluster down",
+                    f"{name} stopped while booting", hint=f"see {self._console_log(name)}; {hint}"
                 )
-        self._write_inventory(count)
-        self._link_recipes()
-        log(f"{count} node(s) booted on {self.net.bridge} ({self.net.subnet}, no route out)")
-        return True
+            if time.monotonic() > deadline:
+                raise IntellectError(
+                    f"{name} did not answer on SSH within {timeout:.0f} s",
+                    hint=f"see {self._console_log(name)}; {hint}",
+                )
+
+    def _console_log(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.console.log"
 
     def _write_inventory(self, count: int) -> None:
         password = (self.state_dir / "dbd.password").read_text().strip()
@@ -181,9 +235,10 @@ class DevCluster:
             link.unlink(missing_ok=True)
             link.symlink_to(target)
 
-    def _all_running(self, state: dict[str, Any]) -> bool:
-        pids = state.get("pids", {})
-        return len(pids) == state.get("nodes") and all(nodes.alive(int(p)) for p in pids.values())
+    def _running(self, state: dict[str, Any], name: str) -> bool:
+        """Whether the node's nspawn (its PID in the state) runs."""
+        pid = int(state.get("pids", {}).get(name, 0))
+        return bool(pid) and nodes.is_node_nspawn(pid, self.net.bridge, name)
 
     def _prepare_secrets(self) -> None:
         ssh = self.state_dir / "ssh"
@@ -275,18 +330,114 @@ class DevCluster:
                 ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "node"], capture_output=True, check=False
             )
 
+    # -------------------------------------------------------------------------------------- faults
+    def node_index(self, name: str) -> int:
+        """The 1-based index of one of this cluster's nodes; a UsageError that lists them for any other name
+        (node names come from the command line: nothing is touched before this check)."""
+        names = node_names(int(self.read_state().get("nodes", 0)))
+        if name not in names:
+            known = ", ".join(names) or "none: start one with intellect dev-cluster up"
+            raise UsageError(f"unknown dev-cluster node {name!r} (nodes: {known})")
+        return names.index(name) + 1
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """The state, for one fault command at a time (two power-offs at once must not lose an update)."""
+        with open(self.state_dir / "state.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield self.read_state()
+
+    def power_off(self, name: str, log: Log) -> bool:
+        """Cut a node's power: every process of it SIGKILLed at once, no shutdown. Returns when none is left;
+        its root (the overlay's upper layer) stays, as a disk would. False when it was off already."""
+        self.node_index(name)
+        require_root_and_tools()
+        start = time.monotonic()
+        with self._locked() as state:
+            was_on = self._running(state, name)
+            nodes.power_off(self.net.bridge, name, int(state.get("pids", {}).get(name, 0)) or None)
+            state.setdefault("pids", {}).pop(name, None)  # only now: a power-off that failed can be retried
+            state["off"] = sorted({*state.get("off", []), name})
+            self._write_state(state)
+        log(
+            f"{name} powered off in {time.monotonic() - start:.1f} s (its root is kept)"
+            if was_on
+            else f"{name} is off already (nothing of it is left running)"
+        )
+        return was_on
+
+    def power_on(self, name: str, log: Log) -> bool:
+        """Boot a node again from its kept root, the way ``up`` booted it; returns once its sshd answers (its
+        systemd starts munge and slurmd). False when it was on already."""
+        index = self.node_index(name)
+        require_root_and_tools()
+        start = time.monotonic()
+        with self._locked() as state:
+            if self._running(state, name):
+                log(f"{name} is on already")
+                return False
+            if "lower" not in state or "binds" not in state:
+                raise IntellectError(
+                    "this dev cluster was booted by an older intellect, which did not record how to boot a node",
+                    hint="intellect dev-cluster down && intellect dev-cluster up",
+                )
+            if not nodes.link_exists(self.net.bridge):
+                raise IntellectError(
+                    f"the dev cluster's bridge {self.net.bridge} is gone", hint="intellect dev-cluster up"
+                )
+            # what a node that died by itself left behind (nothing, after a power-off)
+            nodes.power_off(self.net.bridge, name, int(state.get("pids", {}).get(name, 0)) or None)
+            root = nodes.overlay_mount(Path(state["lower"]), self.state_dir / "nodes" / name)
+            pid = nodes.spawn_node(name, root, self.net, list(state["binds"]), self._console_log(name))
+            state.setdefault("pids", {})[name] = pid
+            state["off"] = [n for n in state.get("off", []) if n != name]
+            self._write_state(state)
+        self._wait_for_ssh(index, pid, hint=f"intellect dev-cluster power-off {name}")
+        log(f"{name} powered on in {time.monotonic() - start:.1f} s (sshd answers)")
+        return True
+
+    def degrade(self, name: str, rate: str | None) -> list[LinkEnd]:
+        """Slow a node's link to ``rate`` (a tc rate), both ways, with a tbf qdisc on each end of its veth; or,
+        with None, remove them. Returns each end's root qdisc now."""
+        bits = None
+        if rate is not None:
+            try:
+                bits = nodes.parse_rate(rate)
+            except ValueError as exc:
+                raise UsageError(f"--rate: {exc}") from exc
+        self.node_index(name)
+        require_root_and_tools()
+        with self._locked() as state:
+            if not self._running(state, name):
+                raise IntellectError(
+                    f"{name} is not running: it has no link", hint=f"intellect dev-cluster power-on {name}"
+                )
+            ends = nodes.link_ends(self.net.bridge, name, int(state["pids"][name]))
+            done: list[LinkEnd] = []
+            try:
+                for dev, netns in ends:
+                    done.append(LinkEnd(dev, "node" if netns else "host", nodes.shape(dev, bits, netns)))
+            except IntellectError:
+                for end in done:  # nothing half-done: the end already shaped goes back to its default
+                    nodes.shape(end.device, None)
+                raise
+        return done
+
     # -------------------------------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         state = self.read_state()
         out: dict[str, Any] = {"state_dir": str(self.state_dir), "up": bool(state), "nodes": []}
         for i, name in enumerate(node_names(int(state.get("nodes", 0))), start=1):
-            pid = int(state.get("pids", {}).get(name, 0))
+            running = self._running(state, name)
+            link = nodes.host_link(self.net.bridge, name) if running else None
             out["nodes"].append(
                 {
                     "name": name,
                     "address": self.net.node_addr(i),
-                    "running": bool(pid) and nodes.alive(pid),
-                    "ssh": nodes.wait_for_port(self.net.node_addr(i), 22, timeout=0.5),
+                    "power": "on" if running else "off" if name in state.get("off", []) else "failed",
+                    "running": running,
+                    "ssh": running and nodes.wait_for_port(self.net.node_addr(i), 22, timeout=0.5),
+                    "link": nodes.root_qdisc(link).describe() if link else None,
                 }
             )
         if state:

@@ -31,6 +31,10 @@ DEV_SETTINGS: dict[str, Any] = {
     "slurm_scheduler_parameters": "batch_sched_delay=0,bf_interval=1",
     "slurm_kill_wait": 5,
     "slurm_cred_expire": 20,  # a requeued job restarts after 20 s instead of 120 s
+    # slurmctld pings a silent slurmd every 10/3 s and marks its node DOWN once it has been silent for 10 s, seen at
+    # a ping round: a powered-off node is DOWN some 10-25 s later instead of 300+ s (a ping round that meets an
+    # unreachable node can last MessageTimeout, 10 s). A healthy slurmd answers a ping in milliseconds.
+    "slurm_slurmd_timeout": 10,
     "slurm_mem_reserve_mb": 1024,
     "slurm_def_mem_per_node_mb": 512,
     # 1 s samples and scrapes: a fault shows in Prometheus within ~2 s, so the watchdog drains within the 5 s goal.

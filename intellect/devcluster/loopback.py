@@ -7,8 +7,10 @@ Everything lives under one folder; ``stop()`` ends exactly the processes it star
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -145,6 +147,38 @@ class LoopbackCluster:
             self._spawn(f"slurmd-{name}", ["slurmd", "-D", "-N", name, "-f", str(self.conf)])
         self._wait(self._all_idle, timeout, "all nodes idle")
         return self
+
+    def power_off(self, name: str) -> int:
+        """``name`` loses power: its slurmd, its slurmstepds and every process of a job step on it get SIGKILL (all
+        slurmd share this host: a step's processes are told apart by SLURMD_NODENAME). How many were killed."""
+        victims: set[int] = set()
+        proc = self.procs.pop(f"slurmd-{name}", None)
+        if proc is not None:
+            victims.add(proc.pid)
+        marker = f"SLURMD_NODENAME={name}".encode()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if marker in environ:
+                victims.add(int(pid))
+                parent = int(stat.rsplit(")", 1)[1].split()[1])
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{parent}/cmdline").read_bytes().startswith(b"slurmstepd"):
+                        victims.add(parent)
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        if proc is not None:
+            proc.wait(timeout=10)
+        return len(victims)
+
+    def power_on(self, name: str) -> None:
+        """Start ``name``'s slurmd again (it registers and, with ReturnToService=2, takes work again)."""
+        if f"slurmd-{name}" not in self.procs:
+            self._spawn(f"slurmd-{name}", ["slurmd", "-D", "-N", name, "-f", str(self.conf)])
 
     def _ctl_up(self) -> bool:
         res = subprocess.run(

@@ -107,9 +107,9 @@ def test_second_provision_changes_nothing(dev_cluster) -> None:  # type: ignore[
     assert res.returncode == 0, res.stderr[-3000:]
     recap = json.loads(res.stdout)
     assert sorted(recap["hosts"]) == list(dev_cluster.names)
-    assert {h: r["changed"] for h, r in recap["hosts"].items()} == dict.fromkeys(dev_cluster.names, 0), (
-        recap["changed_tasks"]
-    )
+    assert {h: r["changed"] for h, r in recap["hosts"].items()} == dict.fromkeys(dev_cluster.names, 0), recap[
+        "changed_tasks"
+    ]
 
 
 @pytest.mark.devcluster_down
@@ -181,7 +181,9 @@ def test_health_on_the_login_node_needs_no_flags(dev_cluster) -> None:  # type: 
     proc = dev_cluster.cli("launch", str(recipe), "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     gate = json.loads(proc.stdout)["health_gate"]
-    assert gate["status"] == "passed" and gate["exclude"] == [] and gate["checked"] == len(dev_cluster.names), gate
+    assert (
+        gate["status"] == "passed" and gate["exclude"] == [] and gate["checked"] == len(dev_cluster.names)
+    ), gate
 
 
 def test_the_watchdog_drains_only_the_node_whose_exporter_reports_a_fault(dev_cluster) -> None:  # type: ignore[no-untyped-def]

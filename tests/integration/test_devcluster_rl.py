@@ -80,9 +80,7 @@ def test_debug_cluster_recipe_runs_split_over_three_nodes_and_learns(dev_cluster
     assert state == "COMPLETED", _tail(run_dir / "logs" / "orchestrator-0.log")
     placement = _placement(run_dir)
     trainer, inference = placement["trainer"], placement["inference"]
-    assert (
-        len(trainer) == 1 and len(inference) == 2 and set(trainer + inference) <= set(dev_cluster.names)
-    )
+    assert len(trainer) == 1 and len(inference) == 2 and set(trainer + inference) <= set(dev_cluster.names)
     assert roles == {"trainer": trainer, "inference": inference, "orchestrator": trainer}  # `intellect jobs`
     # Slurm's own record: the job held all three nodes, and its steps ran where the plan put the roles
     alloc = dev_cluster.slurm(

@@ -64,7 +64,9 @@ def test_the_reference_shapes() -> None:
 def test_a_node_without_a_cpu_per_rank_is_refused_before_submission() -> None:
     data = load_recipe(RECIPES / "intellect3.yaml").model_dump(mode="json")
     data["cluster"]["cpus_per_node"] = 4
-    with pytest.raises(RecipeError, match=r"cluster.cpus_per_node: 4 CPU\(s\) cannot give each of the 8 trainer"):
+    with pytest.raises(
+        RecipeError, match=r"cluster.cpus_per_node: 4 CPU\(s\) cannot give each of the 8 trainer"
+    ):
         validate_recipe(data, "intellect3.yaml")
 
 

@@ -9,6 +9,7 @@ and review the diff of tests/golden/ansible/ before committing it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -27,7 +28,8 @@ GOLDEN = ROOT / "tests" / "golden" / "ansible"
 FILES = ("slurm.conf", "gres.conf", "cgroup.conf")
 
 
-def render(inventory: Path, facts: Path, out: Path) -> dict[str, str]:
+def render(inventory: Path, facts: Path, out: Path, extra_vars: dict | None = None) -> dict[str, str]:
+    """The role's configuration files rendered into ``out`` (the Epilog too: ``out/epilog-cleanup.sh``)."""
     argv = [
         ansible_tool("ansible-playbook"),
         "-i",
@@ -38,6 +40,8 @@ def render(inventory: Path, facts: Path, out: Path) -> dict[str, str]:
         "-e",
         f"render_dir={out}",
     ]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
     env = ansible_env({"ANSIBLE_CACHE_PLUGIN": "memory", "ANSIBLE_FORKS": "64"})
     res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
@@ -60,6 +64,8 @@ def test_production_h200(tmp_path: Path) -> None:
     assert "ProctrackType=proctrack/cgroup" in conf and "TaskPlugin=task/cgroup,task/affinity" in conf
     assert "NodeName=gpu-[001-064] CPUs=224" in conf and "Gres=gpu:h200:8" in conf
     assert len([ln for ln in conf.splitlines() if ln.startswith("NodeName=")]) == 1  # O(shapes), not O(nodes)
+    timeouts = {"SlurmdTimeout=300", "UnkillableStepTimeout=180", "Epilog=/etc/slurm/epilog.d/*"}
+    assert timeouts <= set(conf.splitlines())
     assert "CgroupPlugin=cgroup/v2" in rendered["cgroup.conf"]
     assert "File=/dev/nvidia[0-3] Cores=0-55" in rendered["gres.conf"]
 
@@ -75,4 +81,5 @@ def test_dev_inventory(tmp_path: Path) -> None:
     conf = rendered["slurm.conf"]
     assert "ProctrackType=proctrack/linuxproc" in conf and "TaskPlugin=task/affinity" in conf
     assert "NodeName=node[1-3]" in conf and "Gres=gpu:fake:2" in conf
+    assert "SlurmdTimeout=10" in conf.splitlines()  # a powered-off dev node is DOWN in seconds, not minutes
     assert "File=/dev/fakegpu[0-1]" in rendered["gres.conf"]

@@ -83,4 +83,4 @@ def test_the_batch_script_sets_aside_before_any_role() -> None:
     from intellect.launch import prepare
 
     script = prepare(RECIPES / "debug-cpu.yaml").script
-    assert script.index("-m intellect.rl.resume") < script.index("run_role inference")
+    assert script.index("-m intellect.rl.resume") < script.index('run_role "inference-$i"')

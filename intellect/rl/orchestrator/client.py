@@ -228,7 +228,9 @@ class InferenceClient:
             server.inflight += n
             self._watch()
             try:
-                async with asyncio.timeout(None) as scope:  # the liveness probe ends it if the server goes silent
+                async with asyncio.timeout(
+                    None
+                ) as scope:  # the liveness probe ends it if the server goes silent
                     server.scopes.add(scope)
                     try:
                         data = await self._post_completion(server, payload)
