@@ -81,6 +81,21 @@ class DevClusterHandle:
         wait(lambda: not self.slurm("squeue", "-h", "-o", "%i").strip(), 60)
 
 
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")  # Slurm's end states
+
+
+def tail(path: Path) -> str:
+    """The end of a log for an assertion message (or why there is none)."""
+    return path.read_text()[-3000:] if path.exists() else f"({path} missing)"
+
+
+def launch_from_login(handle: DevClusterHandle, recipe: Path, run_dir: Path, env: dict[str, str]) -> str:
+    """``intellect launch RECIPE --executor slurm`` on the login node; the job id."""
+    proc = handle.cli("launch", str(recipe), "--executor", "slurm", "--run-dir", str(run_dir), env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
 def wait(probe: Callable[[], Any], timeout: float = 30.0, every: float = 1.0) -> Any:
     """Poll ``probe`` until it returns something true or ``timeout`` passes; its last value."""
     deadline = time.monotonic() + timeout

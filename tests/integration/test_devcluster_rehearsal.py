@@ -23,10 +23,9 @@ import pytest
 import yaml
 
 from tests.conftest import RECIPES
-from tests.integration.devcluster import host_intellect, wait
+from tests.integration.devcluster import FINAL, host_intellect, launch_from_login, tail, wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
-FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 RANK_LINE = re.compile(r"(trainer|inference) rank (\d+) on node (\S+) \(.*CUDA_VISIBLE_DEVICES=([^)\s]*)\)")
 
 
@@ -38,10 +37,6 @@ def _recipe(dev_cluster, steps: int, every: int, eval_samples: int = 128) -> Pat
     path = dev_cluster.fresh_dir("recipe") / "intellect3-dev.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _tail(path: Path) -> str:
-    return path.read_text()[-3000:] if path.exists() else f"({path} missing)"
 
 
 def _leftovers(dev_cluster) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -67,11 +62,7 @@ def rehearsal(dev_cluster):  # type: ignore[no-untyped-def]
     off: list[str] = []
 
     def launch(recipe: Path, run_dir: Path) -> str:
-        proc = dev_cluster.cli(
-            "launch", str(recipe), "--executor", "slurm", "--run-dir", str(run_dir), env=env
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.strip()
+        return launch_from_login(dev_cluster, recipe, run_dir, env)
 
     launch.env = env  # type: ignore[attr-defined]
     launch.off = off  # type: ignore[attr-defined]
@@ -94,26 +85,26 @@ def _ranks(run_dir: Path) -> dict[tuple[str, int], tuple[str, str]]:
 def test_rehearsal_learns_with_distinct_devices_and_survives_an_inference_node(
     dev_cluster, rehearsal
 ) -> None:
-    recipe = _recipe(dev_cluster, steps=80, every=10, eval_samples=256)
+    recipe = _recipe(dev_cluster, steps=150, every=10, eval_samples=256)
     run_dir = dev_cluster.fresh_dir("run") / "r"
     began = time.monotonic()
     job = rehearsal(recipe, run_dir)
     state = lambda: dev_cluster.job_fields(job).get("JobState", "")  # noqa: E731
     assert wait(lambda: (run_dir / "weights" / "step_20" / "STABLE").exists() or state() in FINAL, 600, 0.5)
-    assert state() == "RUNNING", _tail(run_dir / "logs" / "orchestrator-0.log")
+    assert state() == "RUNNING", tail(run_dir / "logs" / "orchestrator-0.log")
     placement = dict(ln.split("=", 1) for ln in (run_dir / "status" / "placement").read_text().splitlines())
     lost = placement["inference"].split()[1]
     rehearsal.off.append(lost)
     took = _power(dev_cluster, "power-off", lost)
     print(f"inference node {lost} powered off at step 20 ({took:.1f} s to power off)")
-    assert wait(lambda: state() in FINAL, 900) == "COMPLETED" or state() == "COMPLETED", _tail(
+    assert wait(lambda: state() in FINAL, 900) == "COMPLETED" or state() == "COMPLETED", tail(
         run_dir / "logs" / "orchestrator-0.log"
-    ) + _tail(run_dir / "status" / "events")
-    print(f"rehearsal: 80 steps in {time.monotonic() - began:.0f} s with one inference node lost at step 20")
+    ) + tail(run_dir / "status" / "events")
+    print(f"rehearsal: 150 steps in {time.monotonic() - began:.0f} s with one inference node lost at step 20")
     events = (run_dir / "status" / "events").read_text()
     assert f"inference-1 on {lost} exited" in events and "1 of 2 inference servers left" in events, events
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 80
+    assert summary["steps"] == 150
     assert summary["eval_after"] - summary["eval_before"] >= 0.15, summary["evals"]
     # ranks: 4 trainer ranks on the 2 trainer nodes, the two of a node on distinct devices; servers over both GPUs
     ranks = _ranks(run_dir)
@@ -140,16 +131,16 @@ def test_a_lost_trainer_node_requeues_the_job_and_it_resumes_without_losing_a_st
     job = rehearsal(recipe, run_dir)
     fields = lambda: dev_cluster.job_fields(job)  # noqa: E731
     assert wait(lambda: (run_dir / "weights" / "step_9" / "STABLE").exists() or fields().get("JobState") in FINAL,
-                600, 0.5), _tail(run_dir / "logs" / "trainer-0.log")  # fmt: skip
-    assert fields().get("JobState") == "RUNNING", _tail(run_dir / "logs" / "trainer-0.log")
+                600, 0.5), tail(run_dir / "logs" / "trainer-0.log")  # fmt: skip
+    assert fields().get("JobState") == "RUNNING", tail(run_dir / "logs" / "trainer-0.log")
     placement = dict(ln.split("=", 1) for ln in (run_dir / "status" / "placement").read_text().splitlines())
     lost = placement["trainer"].split()[1]  # trainer ranks 2 and 3; node 0 holds the batch script
     rehearsal.off.append(lost)
     began = time.monotonic()
     _power(dev_cluster, "power-off", lost)
-    assert wait(lambda: fields().get("Restarts") == "1", 300, 0.5), _tail(
+    assert wait(lambda: fields().get("Restarts") == "1", 300, 0.5), tail(
         run_dir / "status" / "events"
-    ) + _tail(run_dir / "logs" / "trainer-0.log")
+    ) + tail(run_dir / "logs" / "trainer-0.log")
     print(f"trainer node {lost} powered off -> job requeued in {time.monotonic() - began:.1f} s")
     events = (run_dir / "status" / "events").read_text()
     assert f"trainer node(s) lost: {lost}:" in events and f"requeueing job {job}" in events, events
@@ -161,7 +152,7 @@ def test_a_lost_trainer_node_requeues_the_job_and_it_resumes_without_losing_a_st
         assert f.get("JobState") not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"), f
         return f.get("JobState", "") if f.get("JobState") == "COMPLETED" else ""
 
-    assert wait(done, 900) == "COMPLETED", _tail(run_dir / "logs" / "trainer-0.log")
+    assert wait(done, 900) == "COMPLETED", tail(run_dir / "logs" / "trainer-0.log")
     print(f"trainer node loss: from power-off to the resumed run's end {time.monotonic() - began:.0f} s")
     assert "resumed from" in (run_dir / "logs" / "trainer-0.log").read_text()
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -175,7 +166,7 @@ def test_a_run_that_cannot_go_on_releases_every_node_with_its_cause(dev_cluster,
     recipe = _recipe(dev_cluster, steps=200, every=50, eval_samples=32)
     run_dir = dev_cluster.fresh_dir("run") / "r"
     job = rehearsal(recipe, run_dir)
-    assert wait(lambda: (run_dir / "weights" / "step_2" / "STABLE").exists(), 600, 0.5), _tail(
+    assert wait(lambda: (run_dir / "weights" / "step_2" / "STABLE").exists(), 600, 0.5), tail(
         run_dir / "logs" / "orchestrator-0.log"
     )
     killed = dev_cluster.login(["pkill", "-KILL", "-f", "intellect[.]rl[.]orchestrator"])

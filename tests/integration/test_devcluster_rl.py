@@ -18,10 +18,9 @@ import pytest
 import yaml
 
 from tests.conftest import RECIPES
-from tests.integration.devcluster import wait
+from tests.integration.devcluster import FINAL, launch_from_login, tail, wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
 def _recipe(dev_cluster, name: str, eval_samples: int = 64, **algorithm) -> Path:  # type: ignore[no-untyped-def]
@@ -42,20 +41,12 @@ def _nodes_in_log(path: Path, role: str, rank: int = 0) -> list[str]:
     return re.findall(rf"{role} rank {rank} on node (\S+)", path.read_text())
 
 
-def _tail(path: Path) -> str:
-    return path.read_text()[-3000:] if path.exists() else f"({path} missing)"
-
-
 @pytest.fixture
 def launcher(dev_cluster):  # type: ignore[no-untyped-def]
     env = {"INTELLECT_STATE_DIR": str(dev_cluster.fresh_dir("state"))}
 
     def launch(recipe: Path, run_dir: Path) -> str:
-        proc = dev_cluster.cli(
-            "launch", str(recipe), "--executor", "slurm", "--run-dir", str(run_dir), env=env
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.strip()
+        return launch_from_login(dev_cluster, recipe, run_dir, env)
 
     launch.env = env  # type: ignore[attr-defined]
     yield launch
@@ -77,7 +68,7 @@ def test_debug_cluster_recipe_runs_split_over_three_nodes_and_learns(dev_cluster
         return state if state in FINAL else ""
 
     state = wait(finished, 600)
-    assert state == "COMPLETED", _tail(run_dir / "logs" / "orchestrator-0.log")
+    assert state == "COMPLETED", tail(run_dir / "logs" / "orchestrator-0.log")
     placement = _placement(run_dir)
     trainer, inference = placement["trainer"], placement["inference"]
     assert len(trainer) == 1 and len(inference) == 2 and set(trainer + inference) <= set(dev_cluster.names)
@@ -119,7 +110,7 @@ def test_rl_requeues_after_drain_and_resumes(dev_cluster, launcher) -> None:
         assert dev_cluster.job_fields(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
         return (run_dir / "weights" / "step_10" / "STABLE").exists()
 
-    assert wait(progressed, 300, every=0.5), _tail(run_dir / "logs" / "trainer-0.log")
+    assert wait(progressed, 300, every=0.5), tail(run_dir / "logs" / "trainer-0.log")
     first = _placement(run_dir)
     alloc = dev_cluster.slurm(
         "scontrol", "show", "hostnames", dev_cluster.job_fields(job)["NodeList"]
@@ -141,7 +132,7 @@ def test_rl_requeues_after_drain_and_resumes(dev_cluster, launcher) -> None:
         assert fields.get("JobState") not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"), fields
         return fields.get("JobState") == "COMPLETED" and fields["Restarts"]
 
-    assert wait(done, 420) == "1", _tail(run_dir / "logs" / "trainer-0.log")
+    assert wait(done, 420) == "1", tail(run_dir / "logs" / "trainer-0.log")
     second = _placement(run_dir)
     assert bad not in second["trainer"] + second["inference"]  # the drained node got no role
     assert _nodes_in_log(run_dir / "logs" / "trainer-0.log", "trainer") == [bad, *second["trainer"]]
