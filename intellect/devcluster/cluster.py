@@ -290,6 +290,16 @@ class DevCluster:
         command = local_bin / "intellect"
         command.unlink(missing_ok=True)
         command.symlink_to(Path(sys.prefix) / "bin" / "intellect")
+        # Every user runs it, not only root (the watchdog's unit runs as slurm, jobs as their users): the folders
+        # above a share path, such as /root for a pyenv Python, get the search bit (0711: entered, not listed).
+        for share in software_share():
+            for parent in (root / share.relative_to("/")).parents:
+                if parent == root or not parent.is_relative_to(root):
+                    break
+                if parent.is_dir() and not parent.is_symlink():
+                    mode = parent.stat().st_mode & 0o7777
+                    if mode & 0o011 != 0o011:
+                        parent.chmod(mode | 0o011)
         # Throwaway nodes: dpkg need not fsync every file it unpacks (a testbed override, as in CI images).
         dpkg_cfg = root / "etc/dpkg/dpkg.cfg.d"
         dpkg_cfg.mkdir(parents=True, exist_ok=True)

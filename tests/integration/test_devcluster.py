@@ -188,15 +188,16 @@ def test_health_on_the_login_node_needs_no_flags(dev_cluster) -> None:  # type: 
 
 def test_the_watchdog_drains_only_the_node_whose_exporter_reports_a_fault(dev_cluster) -> None:  # type: ignore[no-untyped-def]
     """The watchdog's unit as the monitoring role installs it on node1 (User=slurm, its state directory, Prometheus
-    from the site file), started with a runtime drop-in for test timings (--poll 1 --hold 3; PrivateTmp off, since
-    the checkout's venv may live in the host's /tmp): Xid 79 injected into node2's stand-in dcgm-exporter drains
+    from the site file), started with a runtime drop-in for test timings (--poll 1 --hold 3; PrivateTmp off and /home,
+    /root read-only rather than hidden, since the checkout's venv and its Python may live in the host's /tmp or
+    /root): Xid 79 injected into node2's stand-in dcgm-exporter drains
     node2, and only node2, with the watchdog's token in the reason; once the GPU is reset it resumes node2 after its
     hold. The dev cluster samples and scrapes every 1 s; the seconds it took are printed, not asserted."""
     import httpx
 
     dropin = "/run/systemd/system/intellect-watchdog.service.d"
     conf = ("[Service]\nExecStart=\nExecStart=/usr/local/bin/intellect watchdog --listen 127.0.0.1:9419 --poll 1 "
-            "--hold 3\nPrivateTmp=no\n")  # fmt: skip
+            "--hold 3\nPrivateTmp=no\nProtectHome=read-only\n")  # fmt: skip
     setup = dev_cluster.login(["sh", "-c", f"mkdir -p {dropin} && printf '%s' {shlex.quote(conf)} > {dropin}/test.conf"
                                " && systemctl daemon-reload && systemctl start intellect-watchdog"])  # fmt: skip
     assert setup.returncode == 0, setup.stderr
