@@ -87,6 +87,36 @@ def print_diffs(result: Any) -> None:
         click.echo("".join(lines), nl=False)
 
 
+def print_failures(console: Any, result: Any, most: int = 10) -> None:
+    """One line per distinct failure (task and message), naming its hosts as a hostlist."""
+    from intellect.provision.limits import compress
+
+    groups = result.failure_groups()
+    for task, message, hosts in groups[:most]:
+        console.print(
+            f"[red]failed[/red] {verbatim(compress(hosts))} ({len(hosts)}): {verbatim(task)}: {verbatim(message)}"
+        )
+    if len(groups) > most:
+        console.print(
+            f"[red]... and {len(groups) - most} more distinct failures (--json lists them all)[/red]"
+        )
+
+
+def failed_error(result: Any, inventory: Path) -> IntellectError:
+    """The error of a failed provision: every failed host as one hostlist, and the rerun on just those."""
+    from intellect.provision.limits import compress, limit_hint
+
+    bad = result.failed_hosts
+    first = result.failure_groups()[0] if result.failures else None
+    if first is not None:
+        detail = f": {first[0]}: {first[1]}" + (f" ({len(first[2])} host(s))" if len(first[2]) > 1 else "")
+    else:
+        detail = f" (ansible exited {result.rc})"
+    where = f"on {len(bad)} host(s) {compress(bad)}" if bad else "(no recap)"
+    hint = f"fix it, then rerun: {limit_hint(inventory, bad)}" if bad else "rerun with INTELLECT_DEBUG=1"
+    return IntellectError(f"provisioning failed {where}{detail}", hint=hint)
+
+
 def provision(
     inventory: Path,
     *,
@@ -97,15 +127,20 @@ def provision(
     as_json: bool = False,
     env: dict[str, str] | None = None,
 ) -> Any:
-    """Validate the inventory, then run site.yml with progress; raise when any host failed."""
+    """Validate the inventory, then run site.yml with progress; raise when any host failed.
+
+    ``limit`` is a hostlist (``gpu-[001-064]``) or an Ansible host pattern, or a mix of both.
+    """
     from intellect.provision.inventory import check_inventory, load_inventory
+    from intellect.provision.limits import ansible_limit
     from intellect.provision.runner import run_playbook
 
+    pattern = ansible_limit(limit)
     check_inventory(load_inventory(inventory))
     interactive = not as_json
     with _Progress(enabled=interactive) as progress:
         result = run_playbook(
-            inventory, limit=limit, tags=tags, check=check, diff=diff, env=env, on_event=progress
+            inventory, limit=pattern, tags=tags, check=check, diff=diff, env=env, on_event=progress
         )
     if as_json:
         emit_json(result.to_json())
@@ -117,18 +152,9 @@ def provision(
         slow = ", ".join(f"{t.task} {t.max_s:.1f} s" for t in result.slowest(5))
         if slow:
             console.print(f"[dim]slowest tasks (on their slowest host): {slow}[/dim]", highlight=False)
-        for f in result.failures[:10]:
-            console.print(f"[red]failed[/red] {verbatim(f.host)}: {verbatim(f.task)}: {verbatim(f.message)}")
+        print_failures(console, result)
     if not result.ok:
-        bad = sorted(h for h, r in result.recap.items() if not r.healthy) or ["(no recap)"]
-        first = result.failures[0] if result.failures else None
-        detail = (
-            f": {first.host}: {first.task}: {first.message}" if first else f" (ansible exited {result.rc})"
-        )
-        raise IntellectError(
-            f"provisioning failed on {len(bad)} host(s) {', '.join(bad[:5])}{detail}",
-            hint=f"fix it, then rerun: intellect provision -i {inventory} --limit {','.join(bad[:5])}",
-        )
+        raise failed_error(result, inventory)
     return result
 
 
@@ -141,7 +167,11 @@ def provision(
     show_envvar=True,
     help="Ansible inventory (a folder or a file).",
 )
-@click.option("--limit", default=None, help="Only these hosts (an Ansible host pattern).")
+@click.option(
+    "--limit",
+    default=None,
+    help="Only these hosts: a hostlist (gpu-[001-064],storage01) or an Ansible host pattern (slurm_compute).",
+)
 @click.option(
     "--tags",
     default=None,

@@ -37,6 +37,8 @@ DEV_SETTINGS: dict[str, Any] = {
     "slurm_slurmd_timeout": 10,
     "slurm_mem_reserve_mb": 1024,
     "slurm_def_mem_per_node_mb": 512,
+    # No HealthCheckProgram: the tests drain and resume nodes themselves, and a periodic local check would race them.
+    "slurm_health_check_program": "",
     # 1 s samples and scrapes: a fault shows in Prometheus within ~2 s, so the watchdog drains within the 5 s goal.
     "monitoring_prometheus_scrape_interval": "1s",
     "monitoring_dcgm_exporter_collect_interval_ms": 1000,

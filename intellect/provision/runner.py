@@ -75,11 +75,25 @@ class ProvisionResult:
     def ok(self) -> bool:
         return self.rc == 0 and all(r.healthy for r in self.recap.values())
 
+    @property
+    def failed_hosts(self) -> list[str]:
+        """Every host that failed a task or was unreachable, sorted."""
+        bad = {h for h, r in self.recap.items() if not r.healthy} | {f.host for f in self.failures if f.host}
+        return sorted(bad)
+
+    def failure_groups(self) -> list[tuple[str, str, list[str]]]:
+        """The failures as (task, message, hosts), one entry per distinct task and message, most hosts first."""
+        groups: dict[tuple[str, str], set[str]] = {}
+        for f in self.failures:
+            groups.setdefault((f.task, f.message), set()).add(f.host)
+        return sorted(((t, m, sorted(h)) for (t, m), h in groups.items()), key=lambda g: (-len(g[2]), g[0]))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "rc": self.rc,
             "hosts": {h: vars(r) for h, r in sorted(self.recap.items())},
+            "failed_hosts": self.failed_hosts,
             "failures": [vars(f) for f in self.failures],
             "changed_tasks": [{"host": h, "task": t} for h, t in self.changed_tasks],
             "diffs": [vars(d) for d in self.diffs],

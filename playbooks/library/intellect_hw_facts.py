@@ -2,8 +2,11 @@
 """Ansible module: discover the hardware that Slurm needs to know about, as the fact ``intellect_hw``.
 
 GPUs come from ``nvidia-smi`` when it exists, else from device files matching ``gpu_device_glob`` (the dev
-cluster's stand-in GPUs). InfiniBand HCAs come from /sys/class/infiniband, memory from /proc/meminfo and the
-CPU topology from ``lscpu --parse``. The parsers are pure functions, tested on recordings of an H200 node.
+cluster's stand-in GPUs). A GPU's device file is ``/dev/nvidia<minor>``, with the minor number the driver gave it
+(``Device Minor`` in /proc/driver/nvidia/gpus/<PCI address>/information): nvidia-smi's index is an enumeration
+order, not the minor number, and the two differ on some boards. InfiniBand HCAs come from /sys/class/infiniband,
+memory from /proc/meminfo and the CPU topology from ``lscpu --parse``. The parsers are pure functions, tested on
+recordings of an H200 node.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ NVIDIA_SMI_QUERY = "index,name,uuid,memory.total,pci.bus_id"
 
 
 def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
-    """Parse ``nvidia-smi --query-gpu=index,name,uuid,memory.total,pci.bus_id --format=csv,noheader,nounits``."""
+    """Parse ``nvidia-smi --query-gpu=index,name,uuid,memory.total,pci.bus_id --format=csv,noheader,nounits``.
+
+    The device files are set later, from the driver's minor numbers (``attach_gpu_minors``)."""
     gpus = []
     for line in text.strip().splitlines():
         index, name, uuid, mem, bus = (f.strip() for f in line.split(","))
@@ -52,10 +57,41 @@ def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
                 "uuid": uuid,
                 "memory_mb": int(float(mem)),
                 "pci_bus_id": bus,
-                "device": f"/dev/nvidia{int(index)}",
             }
         )
     return sorted(gpus, key=lambda g: g["index"])
+
+
+def parse_gpu_information(text: str) -> int:
+    """The ``Device Minor`` of /proc/driver/nvidia/gpus/<PCI address>/information."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Device Minor":
+            return int(value.strip())
+    raise ValueError("no 'Device Minor' line")
+
+
+def _pci_address(bus_id: str) -> str:
+    """nvidia-smi's '00000000:18:00.0' -> sysfs' and procfs' '0000:18:00.0'."""
+    return bus_id.lower()[-12:]
+
+
+def attach_gpu_minors(gpus: list[dict[str, Any]], procfs: str) -> None:
+    """Give each GPU its driver minor number and the device file ``/dev/nvidia<minor>``."""
+    for gpu in gpus:
+        path = os.path.join(procfs, "driver/nvidia/gpus", _pci_address(gpu["pci_bus_id"]), "information")
+        try:
+            minor = parse_gpu_information(_read(path))
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"GPU {gpu['index']} ({gpu['pci_bus_id']}): no device minor number in {path} ({exc}); "
+                "is the nvidia kernel module loaded?"
+            ) from exc
+        gpu["minor"] = minor
+        gpu["device"] = f"/dev/nvidia{minor}"
+    minors = [g["minor"] for g in gpus]
+    if len(set(minors)) != len(minors):
+        raise ValueError(f"two GPUs report the same device minor number: {minors}")
 
 
 def parse_lscpu(text: str) -> dict[str, Any]:
@@ -147,7 +183,7 @@ def attach_gpu_cores(gpus: list[dict[str, Any]], cpu: dict[str, Any], sysfs: str
         bus = gpu.get("pci_bus_id", "")
         if not bus:
             continue
-        path = os.path.join(sysfs, "bus/pci/devices", bus.lower()[-12:], "numa_node")
+        path = os.path.join(sysfs, "bus/pci/devices", _pci_address(bus), "numa_node")
         if os.path.exists(path):
             node = _read(path).strip()
             gpu["numa_node"] = int(node)
@@ -162,6 +198,7 @@ def discover(params: dict[str, Any], run: Any) -> dict[str, Any]:
         gpus = parse_nvidia_smi(
             run(["nvidia-smi", f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"])
         )
+        attach_gpu_minors(gpus, params["procfs"])
         attach_gpu_cores(gpus, cpu, sysfs)
     else:
         for i, dev in enumerate(sorted(glob.glob(params["gpu_device_glob"]), key=_natural)):

@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[ProvisionResult, Path]:
     tmp = tmp_path_factory.mktemp("checkdiff")
     shutil.copy(ROOT / "tests" / "fixtures" / "ansible" / "hardware" / "grub", tmp / "grub")
-    for sub in ("units/nvidia-persistenced.service.d", "modprobe", "facts.d"):
+    for sub in ("units", "modprobe", "facts.d"):  # not units/nvidia-persistenced.service.d: the role makes it
         (tmp / sub).mkdir(parents=True)
     key = tmp / "munge.key"
     key.write_bytes(b"k" * 64)
+    (tmp / "lustre.asc").write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
     extravars = {
         "ansible_connection": "local",
         "ansible_python_interpreter": sys.executable,
@@ -35,7 +36,11 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[ProvisionResult, P
         "vault_slurm_dbd_storage_password": "x",
         "cgroup_v2_grub_file": str(tmp / "grub"),
         "lustre_client_unit_dir": str(tmp / "units"),
-        "lustre_client_modprobe_file": str(tmp / "modprobe" / "lustre.conf"),
+        "lustre_client_modprobe_file": str(tmp / "modprobe" / "lnet.conf"),
+        "lustre_client_repo_url": "https://lustre.example.org/client/ubuntu2404",
+        "lustre_client_repo_key_file": str(tmp / "lustre.asc"),
+        "lustre_client_sources_dir": str(tmp / "sources"),
+        "lustre_client_keyring_dir": str(tmp / "keyrings"),
         "nvidia_unit_dir": str(tmp / "units"),
         "nfs_unit_dir": str(tmp / "units"),
         "nfs_exports_file": str(tmp / "exports"),
@@ -82,7 +87,7 @@ def test_lustre_mount_unit_and_lnet(result: tuple[ProvisionResult, Path]) -> Non
     assert (
         "What=10.1.0.10@o2ib:/scratch" in unit and "Where=/lustre/scratch" in unit and "Type=lustre" in unit
     )
-    _, lnet = _after(result[0], "gpu-001", "lustre.conf")
+    _, lnet = _after(result[0], "gpu-001", "lnet.conf")
     assert "options lnet networks=o2ib0(ib0)" in lnet
 
 
@@ -93,6 +98,7 @@ def test_nfs_server_exports_from_nvme_and_clients_mount(result: tuple[ProvisionR
     assert "What=/dev/md0" in root and "Type=xfs" in root
     _, home = _after(result[0], "gpu-001", "home.mount")
     assert "What=storage01:/srv/nfs/home" in home and "Type=nfs" in home
+    assert not [d.path for d in result[0].diffs if d.host == "storage01" and d.path.endswith("home.mount")]
 
 
 def test_nvidia_persistence_and_ib_fact(result: tuple[ProvisionResult, Path]) -> None:

@@ -2,7 +2,8 @@
 and NodeName/Gres filters (playbooks/filter_plugins/slurm_conf.py).
 
 The recordings under tests/fixtures/ansible/h200/ are the raw inputs of the module: nvidia-smi's CSV, lscpu's
-parsable output, /proc/meminfo and the sysfs attributes of the IB ports and GPU NUMA nodes. facts.json is what
+parsable output, /proc/meminfo, the driver's /proc/driver/nvidia/gpus/*/information (nvidia-gpus.json) and the
+sysfs attributes of the IB ports and GPU NUMA nodes. facts.json is what
 the module makes of them; to regenerate it after a deliberate change: INTELLECT_REGEN_GOLDEN=1 pytest this file.
 """
 
@@ -54,6 +55,10 @@ def _fake_sysfs(tmp: Path) -> Path:
     proc = tmp / "proc"
     proc.mkdir()
     (proc / "meminfo").write_text((H200 / "meminfo").read_text())
+    for bus, text in json.loads((H200 / "nvidia-gpus.json").read_text()).items():
+        d = proc / "driver" / "nvidia" / "gpus" / bus
+        d.mkdir(parents=True)
+        (d / "information").write_text(text)
     return tmp
 
 
@@ -79,9 +84,38 @@ def test_h200_recording_gives_the_recorded_facts(tmp_path: Path, monkeypatch: py
     }
     assert [g["model"] for g in facts["gpus"]] == ["NVIDIA H200"] * 8
     assert [g["cores"] for g in facts["gpus"]] == ["0-55"] * 4 + ["56-111"] * 4
+    assert [g["device"] for g in facts["gpus"]] == [f"/dev/nvidia{i}" for i in range(8)]
     ndr = [p for p in facts["ib"] if p["link_layer"] == "InfiniBand" and p["rate_gbps"] == 400]
     assert len(ndr) == 8 and all(p["state"] == "ACTIVE" for p in ndr)
     assert facts["memory_mb"] == 2113276612 // 1024
+
+
+def test_device_files_follow_the_driver_minor_numbers_not_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A board where the driver numbered two GPUs the other way round from nvidia-smi's enumeration."""
+    sysfs = _fake_sysfs(tmp_path)
+    gpus_dir = sysfs / "proc" / "driver" / "nvidia" / "gpus"
+    a, b = gpus_dir / "0000:2a:00.0" / "information", gpus_dir / "0000:9a:00.0" / "information"
+    text_a, text_b = a.read_text(), b.read_text()
+    a.write_text(text_a.replace("Device Minor: \t 1", "Device Minor: \t 4"))
+    b.write_text(text_b.replace("Device Minor: \t 4", "Device Minor: \t 1"))
+    outputs = {"lscpu": (H200 / "lscpu.csv").read_text(), "nvidia-smi": (H200 / "nvidia-smi.csv").read_text()}
+    monkeypatch.setattr(hw.shutil, "which", lambda name: f"/usr/bin/{name}")
+    params = {"sysfs": str(sysfs), "procfs": str(sysfs / "proc"), "gpu_device_glob": "", "gpu_model": "x"}
+    facts = hw.discover(params, lambda argv: outputs[argv[0]])
+    by_index = {g["index"]: (g["device"], g["cores"]) for g in facts["gpus"]}
+    assert by_index[1] == ("/dev/nvidia4", "0-55") and by_index[4] == ("/dev/nvidia1", "56-111")
+    # gres.conf pairs each device file with its own GPU's cores
+    lines = sc.slurm_gres_lines(["gpu-001"], {"gpu-001": {"intellect_hw": facts}})
+    assert lines == [
+        "NodeName=gpu-001 Name=gpu Type=h200 File=/dev/nvidia[0,2-4] Cores=0-55",
+        "NodeName=gpu-001 Name=gpu Type=h200 File=/dev/nvidia[1,5-7] Cores=56-111",
+    ]
+    # a driver that is not loaded has no /proc/driver/nvidia/gpus: the error says so
+    a.unlink()
+    with pytest.raises(ValueError, match="no device minor number.*nvidia kernel module loaded"):
+        hw.discover(params, lambda argv: outputs[argv[0]])
 
 
 def test_device_file_gpus_without_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,8 +28,11 @@ GOLDEN = ROOT / "tests" / "golden" / "ansible"
 FILES = ("slurm.conf", "gres.conf", "cgroup.conf")
 
 
-def render(inventory: Path, facts: Path, out: Path, extra_vars: dict | None = None) -> dict[str, str]:
-    """The role's configuration files rendered into ``out`` (the Epilog too: ``out/epilog-cleanup.sh``)."""
+def render(
+    inventory: Path, facts: Path, out: Path, extra_vars: dict | None = None, limit: str | None = None
+) -> dict[str, str]:
+    """The role's configuration files rendered into ``out`` (the Epilog too: ``out/epilog-cleanup.sh``, and the
+    node-type findings: ``out/node-types.json``). Hosts that ``limit`` leaves out have no facts."""
     argv = [
         ansible_tool("ansible-playbook"),
         "-i",
@@ -42,6 +45,8 @@ def render(inventory: Path, facts: Path, out: Path, extra_vars: dict | None = No
     ]
     if extra_vars:
         argv += ["-e", json.dumps(extra_vars)]
+    if limit:
+        argv += ["--limit", limit]
     env = ansible_env({"ANSIBLE_CACHE_PLUGIN": "memory", "ANSIBLE_FORKS": "64"})
     res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
@@ -66,6 +71,8 @@ def test_production_h200(tmp_path: Path) -> None:
     assert len([ln for ln in conf.splitlines() if ln.startswith("NodeName=")]) == 1  # O(shapes), not O(nodes)
     timeouts = {"SlurmdTimeout=300", "UnkillableStepTimeout=180", "Epilog=/etc/slurm/epilog.d/*"}
     assert timeouts <= set(conf.splitlines())
+    lifecycle = {"PrologFlags=Contain", "HealthCheckProgram=/usr/local/bin/intellect-healthcheck"}
+    assert lifecycle <= set(conf.splitlines())
     assert "CgroupPlugin=cgroup/v2" in rendered["cgroup.conf"]
     assert "File=/dev/nvidia[0-3] Cores=0-55" in rendered["gres.conf"]
 
@@ -82,4 +89,6 @@ def test_dev_inventory(tmp_path: Path) -> None:
     assert "ProctrackType=proctrack/linuxproc" in conf and "TaskPlugin=task/affinity" in conf
     assert "NodeName=node[1-3]" in conf and "Gres=gpu:fake:2" in conf
     assert "SlurmdTimeout=10" in conf.splitlines()  # a powered-off dev node is DOWN in seconds, not minutes
+    # Contain needs proctrack/cgroup; the dev cluster's tests drain and resume nodes themselves (no health check)
+    assert "PrologFlags" not in conf and "HealthCheckProgram" not in conf
     assert "File=/dev/fakegpu[0-1]" in rendered["gres.conf"]
