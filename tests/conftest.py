@@ -14,6 +14,17 @@ RECIPES = ROOT / "recipes"
 FAKE_PYTHON = ROOT / "tests" / "fixtures" / "fake-python"
 
 
+def load_module(path: Path):  # type: ignore[no-untyped-def]
+    """A Python file that is not on the import path (an Ansible filter plugin or module), as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120):
     """Run the real ``intellect`` entry point in a subprocess (exit codes, stdout/stderr split)."""
     full_env = {k: v for k, v in os.environ.items() if k != "INTELLECT_DEBUG"}

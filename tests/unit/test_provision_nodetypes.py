@@ -14,14 +14,12 @@ The renders go through Ansible with the real role templates (``render`` of test_
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -31,6 +29,7 @@ pytest.importorskip("ansible", reason="ansible-core is in the ops extra")
 
 from intellect.health.config import NODE_TYPES  # noqa: E402
 from intellect.provision.paths import ansible_env, ansible_tool  # noqa: E402
+from tests.conftest import load_module  # noqa: E402
 from tests.unit.test_provision_golden import FIXTURES, GOLDEN, render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,15 +38,7 @@ H200_FACTS = FIXTURES / "h200" / "facts.json"
 ROLES = ROOT / "playbooks" / "roles"
 
 
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sc = _load(ROOT / "playbooks" / "filter_plugins" / "slurm_conf.py")
+sc = load_module(ROOT / "playbooks" / "filter_plugins" / "slurm_conf.py")
 PROD_VARS = yaml.safe_load((PROD / "group_vars" / "all.yml").read_text())
 H200 = PROD_VARS["slurm_node_types"]["h200"]
 

@@ -10,34 +10,25 @@ the fix in the message. The filter (playbooks/filter_plugins/slurm_platform.py) 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 pytest.importorskip("ansible", reason="ansible-core is in the ops extra")
 
 from intellect.provision.paths import ansible_env, ansible_tool  # noqa: E402
+from tests.conftest import load_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 OS = ROOT / "tests" / "fixtures" / "ansible" / "os"
 PLAYBOOK = ROOT / "tests" / "fixtures" / "ansible" / "playbooks" / "platform.yml"
 
 
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-plat = _load(ROOT / "playbooks" / "filter_plugins" / "slurm_platform.py")
+plat = load_module(ROOT / "playbooks" / "filter_plugins" / "slurm_platform.py")
 SUPPORTED = [{"distribution": "Debian", "version": "12"}, {"distribution": "Ubuntu", "version": "24.04"}]
 
 
