@@ -216,6 +216,20 @@ def _natural(path: str) -> tuple[str, int]:
     return (path.rstrip("0123456789"), int(digits or 0))
 
 
+NO_DRIVER = "couldn't communicate with the NVIDIA driver"
+
+
+def command_error(argv: list[str], rc: int, out: str, err: str) -> str:
+    """One line for a failed command: its stderr, else its stdout (nvidia-smi prints its errors on stdout, exit 9);
+    a driver that is not loaded is named as such, with what to do."""
+    detail = " ".join((err.strip() or out.strip()).split())[:300]
+    if NO_DRIVER in out + err:
+        return (f"NVIDIA driver not loaded on this node ({argv[0]}: {detail}): a node marked "
+                "/var/lib/intellect/reboot-required needs the reboot play; else check `dkms status` and "
+                "`dmesg | grep NVRM`")  # fmt: skip
+    return f"{argv[0]} failed ({rc}): {detail}"
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -230,7 +244,7 @@ def main() -> None:
     def run(argv: list[str]) -> str:
         rc, out, err = module.run_command(argv)
         if rc != 0:
-            module.fail_json(msg=f"{argv[0]} failed ({rc}): {err.strip()}")
+            module.fail_json(msg=command_error(argv, rc, str(out), str(err)))
         return str(out)
 
     try:

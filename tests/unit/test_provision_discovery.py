@@ -171,3 +171,15 @@ def test_node_lines_fold_identical_hardware(tmp_path: Path, monkeypatch: pytest.
     )
     with pytest.raises(ValueError, match="no 'intellect_hw' facts"):
         sc.slurm_node_lines(["gpu-001", "gpu-999"], {"gpu-001": hostvars["gpu-001"], "gpu-999": {}})
+
+
+def test_a_driver_that_is_not_loaded_is_named_from_nvidia_smis_stdout() -> None:
+    """nvidia-smi says it on stdout with exit 9 (tests/fixtures/nvidia/): the error was empty before."""
+    out = (ROOT / "tests" / "fixtures" / "nvidia" / "nvidia-smi-no-driver.txt").read_text()
+    msg = hw.command_error(["nvidia-smi", "-q", "-x"], 9, out, "")
+    assert msg.startswith("NVIDIA driver not loaded on this node (nvidia-smi: NVIDIA-SMI has failed")
+    assert "reboot play" in msg and "\n" not in msg
+    assert (
+        hw.command_error(["lspci"], 1, "", "lspci: cannot open\n") == "lspci failed (1): lspci: cannot open"
+    )
+    assert hw.command_error(["x"], 2, "only on stdout\n", "") == "x failed (2): only on stdout"
