@@ -89,6 +89,8 @@ name = os.path.basename(sys.argv[0])
 with open(os.path.join(root, "calls.jsonl"), "a") as fh:
     fh.write(json.dumps([name, *sys.argv[1:]]) + "\\n")
 key = name + ("-" + sys.argv[1] if name == "scontrol" and len(sys.argv) > 1 else "")
+if name == "squeue" and any(a.startswith("--jobs=") for a in sys.argv[1:]):
+    key = "squeue-jobs"
 out = os.path.join(root, "out", key)
 if os.path.exists(out):
     sys.stdout.write(open(out).read())
@@ -258,6 +260,23 @@ def test_a_leftover_of_the_job_is_killed_and_other_processes_survive(
     assert "ended after SIGTERM" in res.stderr
 
 
+def test_a_late_epilog_of_a_requeued_job_running_here_again_kills_nothing(
+    rendered: Rendered, node: FakeNode, job: int, spawn: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """A requeued job keeps its id. The node was lost and came back; Slurm runs the old run's Epilog while the
+    new run already has processes here with the same SLURM_JOB_ID: they are left alone."""
+    node.give("squeue-jobs", "RUNNING\n")
+    new_run = spawn(job)
+    res = node.run_epilog(rendered.epilog, job)
+    assert res.returncode == 0, res.stderr
+    assert new_run.poll() is None and node.drains() == [], (res.stderr, node.calls("squeue"))
+    assert f"job {job} runs on {NODE} again (requeued)" in res.stderr
+    (call,) = node.calls("squeue")
+    assert f"--jobs={job}" in call and f"--nodelist={NODE}" in call
+    node.give("squeue-jobs", "COMPLETING\n")  # the usual case: the job is ending here, so its leftovers go
+    assert node.run_epilog(rendered.epilog, job).returncode == 0 and _ended_by(new_run, signal.SIGTERM)
+
+
 def test_a_leftover_that_ignores_sigterm_gets_sigkill(
     rendered: Rendered, node: FakeNode, job: int, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
@@ -313,7 +332,7 @@ def test_a_gpu_process_that_survives_sigkill_drains_the_node_naming_the_job(
     assert "(state Z, on a GPU)" in text
     assert len(text) <= MAX_REASON and text.endswith("...")  # eight survivors do not fit: cut, and marked
     assert not set('$`";\n') & set(text) and not (gpu_node.root / "P").exists()
-    squeue = gpu_node.calls("squeue")
+    squeue = [c for c in gpu_node.calls("squeue") if not any(a.startswith("--jobs=") for a in c)]
     assert squeue and f"--nodelist={NODE}" in squeue[0] and f"--user={job_user}" in squeue[0]
 
 
