@@ -144,8 +144,15 @@ def test_a_lost_trainer_node_requeues_the_job_and_it_resumes_without_losing_a_st
     print(f"trainer node {lost} powered off -> job requeued in {time.monotonic() - began:.1f} s")
     events = (run_dir / "status" / "events").read_text()
     assert f"trainer node(s) lost: {lost}:" in events and f"requeueing job {job}" in events, events
-    _power(dev_cluster, "power-on", lost)  # 4 nodes are needed: the job waits for it to come back
+    # 4 nodes are needed, so the job waits for the lost one. Held until it is back and idle: in production the
+    # restart lands on other healthy nodes, not on one that is still finishing the old run's clean-up.
+    dev_cluster.login(["scontrol", "hold", job])
+    _power(dev_cluster, "power-on", lost)
     rehearsal.off.remove(lost)
+    sinfo = lambda: dev_cluster.slurm("sinfo", "-h", "-n", lost, "-o", "%t").strip()  # noqa: E731
+    assert wait(lambda: sinfo() == "idle", 120, 0.5), sinfo()
+    time.sleep(5)  # any late message of the old run to the node (its Epilog) has come and gone
+    dev_cluster.login(["scontrol", "release", job])
 
     def done() -> str:
         f = fields()
